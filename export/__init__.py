@@ -1,0 +1,1 @@
+"""export: SavedModels for TF Serving and TFLite conversion of keras_clip / keras_dalle models."""

@@ -1,0 +1,1 @@
+"""keras_clip: OpenAI CLIP for Keras 3 on TensorFlow."""

@@ -1,0 +1,111 @@
+"""Pre-LN residual attention block and a stack of them (CLIP text/vision, DALL-E)."""
+
+import keras
+from keras import ops
+
+from keras_clip.layers.attention import MultiHeadAttention
+
+
+def quick_gelu(x):
+    """OpenAI CLIP's GELU approximation ``x * sigmoid(1.702 x)``."""
+    return x * ops.sigmoid(1.702 * x)
+
+
+def get_activation(name):
+    if name == "quick_gelu":
+        return quick_gelu
+    if name == "gelu":  # torch nn.GELU(): the exact erf form
+        return lambda x: ops.gelu(x, approximate=False)
+    raise ValueError(f"Unknown activation {name!r}; expected 'quick_gelu' or 'gelu'")
+
+
+def layer_norm(name, epsilon, dtype_policy=None):
+    # torch's default epsilon (1e-5), not Keras' (1e-3).
+    return keras.layers.LayerNormalization(epsilon=epsilon, name=name, dtype=dtype_policy)
+
+
+@keras.saving.register_keras_serializable(package="keras_clip")
+class ResidualAttentionBlock(keras.layers.Layer):
+    """``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))`` with a ``mlp_ratio``-wide hidden layer.
+
+    Example:
+        >>> block = ResidualAttentionBlock(width=512, num_heads=8)
+        >>> y = block(x, attention_mask=causal)   # x: (B, T, 512)
+    """
+
+    def __init__(self, width, num_heads, mlp_ratio=4.0, activation="quick_gelu",
+                 layer_norm_epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.width = width
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.activation = activation
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self._act = get_activation(activation)
+        policy = self.dtype_policy
+        self.ln_1 = layer_norm("ln_1", layer_norm_epsilon, policy)
+        self.attn = MultiHeadAttention(num_heads, name="attn", dtype=policy)
+        self.ln_2 = layer_norm("ln_2", layer_norm_epsilon, policy)
+        self.c_fc = keras.layers.Dense(int(width * mlp_ratio), name="c_fc", dtype=policy)
+        self.c_proj = keras.layers.Dense(width, name="c_proj", dtype=policy)
+
+    def build(self, input_shape):
+        shape = (None, None, self.width)
+        self.ln_1.build(shape)
+        self.attn.build(shape)
+        self.ln_2.build(shape)
+        self.c_fc.build(shape)
+        self.c_proj.build((None, None, int(self.width * self.mlp_ratio)))
+        self.built = True
+
+    def call(self, x, attention_mask=None):
+        x = x + self.attn(self.ln_1(x), attention_mask=attention_mask)
+        return x + self.c_proj(self._act(self.c_fc(self.ln_2(x))))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(width=self.width, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
+                      activation=self.activation, layer_norm_epsilon=self.layer_norm_epsilon)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_clip")
+class Transformer(keras.layers.Layer):
+    """A stack of ``num_layers`` ResidualAttentionBlocks sharing one attention mask.
+
+    Example:
+        >>> t = Transformer(width=512, num_layers=12, num_heads=8)
+        >>> y = t(x, attention_mask=None)
+    """
+
+    def __init__(self, width, num_layers, num_heads, mlp_ratio=4.0, activation="quick_gelu",
+                 layer_norm_epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.width = width
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.activation = activation
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.resblocks = [
+            ResidualAttentionBlock(width, num_heads, mlp_ratio, activation, layer_norm_epsilon,
+                                   name=f"resblocks_{i}", dtype=self.dtype_policy)
+            for i in range(num_layers)
+        ]
+
+    def build(self, input_shape):
+        for block in self.resblocks:
+            block.build(input_shape)
+        self.built = True
+
+    def call(self, x, attention_mask=None):
+        for block in self.resblocks:
+            x = block(x, attention_mask=attention_mask)
+        return x
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(width=self.width, num_layers=self.num_layers, num_heads=self.num_heads,
+                      mlp_ratio=self.mlp_ratio, activation=self.activation,
+                      layer_norm_epsilon=self.layer_norm_epsilon)
+        return config

@@ -1,0 +1,180 @@
+"""The CLIP model: an image tower, a text tower, projections and a learnable temperature."""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_clip.presets import get_preset
+from keras_clip.text.cbow import CBOWTextEncoder
+from keras_clip.text.transformer import TextTransformer
+from keras_clip.vision.resnet import ModifiedResNet
+from keras_clip.vision.vit import VisionTransformer
+
+
+def l2_normalize(x, axis=-1):
+    return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=axis, keepdims=True), 1e-24))
+
+
+@keras.saving.register_keras_serializable(package="keras_clip")
+class CLIP(keras.Model):
+    """OpenAI's CLIP as a Keras model.
+
+    ``vision_patch_size=None`` selects the ModifiedResNet image tower (``vision_layers`` is then
+    the four stage depths), otherwise a VisionTransformer. ``text_encoder`` is ``"transformer"``
+    (OpenAI's causal text tower) or ``"cbow"`` (the bag-of-words baseline of the CLIP paper).
+
+    ``call({"images", "token_ids"})`` returns ``logits_per_image`` (B_img, B_txt),
+    ``logits_per_text`` (its transpose) and the L2-normalised ``image_embeds``/``text_embeds``;
+    ``encode_image``/``encode_text`` return the unnormalised embeddings, like OpenAI's.
+
+    Example:
+        >>> model = CLIP.from_preset("ViT-B-32")
+        >>> out = model({"images": images, "token_ids": keras_clip.tokenize(["a dog"])})
+        >>> out["logits_per_image"].shape
+        (B, 1)
+    """
+
+    def __init__(self, embed_dim, image_size, vision_layers, vision_width, vision_patch_size=None,
+                 vision_heads=None, context_length=77, vocab_size=49408, text_width=512,
+                 text_heads=8, text_layers=12, text_encoder="transformer",
+                 activation="quick_gelu", mlp_ratio=4.0,
+                 logit_scale_init=math.log(1 / 0.07), **kwargs):
+        super().__init__(**kwargs)
+        if text_encoder not in ("transformer", "cbow"):
+            raise ValueError(f"text_encoder must be 'transformer' or 'cbow', got {text_encoder!r}")
+        self.embed_dim = embed_dim
+        self.image_size = image_size
+        self.vision_layers = list(vision_layers) if isinstance(vision_layers, (list, tuple)) else vision_layers
+        self.vision_width = vision_width
+        self.vision_patch_size = vision_patch_size
+        self.context_length = context_length
+        self.vocab_size = vocab_size
+        self.text_width = text_width
+        self.text_heads = text_heads
+        self.text_layers = text_layers
+        self.text_encoder = text_encoder
+        self.activation = activation
+        self.mlp_ratio = mlp_ratio
+        self.logit_scale_init = logit_scale_init
+        policy = self.dtype_policy
+        if vision_patch_size is None:
+            if not isinstance(self.vision_layers, list) or len(self.vision_layers) != 4:
+                raise ValueError("A ResNet image tower (vision_patch_size=None) needs vision_layers "
+                                 f"as four stage depths, got {vision_layers!r}")
+            self.vision_heads = vision_heads or vision_width * 32 // 64
+            self.visual = ModifiedResNet(self.vision_layers, embed_dim, self.vision_heads,
+                                         image_size, vision_width, name="visual", dtype=policy)
+        else:
+            self.vision_heads = vision_heads or vision_width // 64
+            self.visual = VisionTransformer(image_size, vision_patch_size, vision_width,
+                                            self.vision_layers, self.vision_heads, embed_dim,
+                                            mlp_ratio, activation, name="visual", dtype=policy)
+        if text_encoder == "transformer":
+            self.text = TextTransformer(vocab_size, context_length, text_width, text_layers,
+                                        text_heads, embed_dim, mlp_ratio, activation,
+                                        name="text", dtype=policy)
+        else:
+            self.text = CBOWTextEncoder(vocab_size, text_width, embed_dim, name="text", dtype=policy)
+        self.build()
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        self.logit_scale = self.add_weight(
+            name="logit_scale", shape=(), initializer=keras.initializers.Constant(self.logit_scale_init))
+        self.visual.build()
+        self.text.build()
+        self.built = True
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        """Build a randomly initialised model from a preset name (see ``keras_clip.presets``).
+
+        Example:
+            >>> CLIP.from_preset("RN50").count_params()
+            102007137
+        """
+        config = get_preset(name)
+        config.update(overrides)
+        return cls(**config)
+
+    def count_params(self):
+        """Number of parameters, counted like torch's ``model.parameters()``.
+
+        BatchNorm moving mean/variance are statistics (torch buffers), not parameters, so they
+        are left out; every other weight counts, trainable or frozen.
+        """
+        stats = {id(v) for layer in self._flatten_layers()
+                 if isinstance(layer, keras.layers.BatchNormalization)
+                 for v in (layer.moving_mean, layer.moving_variance)}
+        return int(sum(np.prod(w.shape) for w in self.weights if id(w) not in stats))
+
+    # --- input checks: clear messages instead of shape errors deep inside a tower ---------------
+    def _check_images(self, images):
+        shape, dtype = tuple(images.shape), keras.backend.standardize_dtype(images.dtype)
+        if len(shape) != 4:
+            raise ValueError(f"images must be a rank-4 NHWC batch (B, H, W, 3), got shape {shape}")
+        if shape[-1] != 3:
+            raise ValueError(f"images must have 3 channels (RGB, NHWC), got {shape[-1]} channels "
+                             f"in shape {shape}")
+        if "float" not in dtype:
+            raise ValueError(f"images must be float (normalised with CLIP's mean/std; see "
+                             f"keras_clip.preprocessing), got dtype {dtype}")
+        if self.vision_patch_size is not None and shape[1:3] != (None, None) and \
+                tuple(shape[1:3]) != (self.image_size, self.image_size):
+            raise ValueError(f"images must be {self.image_size}x{self.image_size} for this model, "
+                             f"got {shape[1]}x{shape[2]}")
+
+    def _check_token_ids(self, token_ids):
+        shape, dtype = tuple(token_ids.shape), keras.backend.standardize_dtype(token_ids.dtype)
+        if len(shape) != 2:
+            raise ValueError(f"token_ids must be rank 2 (B, {self.context_length}), got shape {shape}")
+        if "int" not in dtype:
+            raise ValueError(f"token_ids must be integers (see keras_clip.tokenize), got dtype {dtype}")
+        if self.text_encoder == "transformer" and shape[1] is not None and shape[1] > self.context_length:
+            raise ValueError(f"token_ids are {shape[1]} long; this model's context_length is "
+                             f"{self.context_length}")
+
+    def encode_image(self, images, training=None):
+        """Unnormalised image embeddings (B, embed_dim) of normalised float NHWC images."""
+        if isinstance(images, np.ndarray):
+            images = ops.convert_to_tensor(images)
+        self._check_images(images)
+        if self.vision_patch_size is None:
+            return self.visual(images, training=training)
+        return self.visual(images)
+
+    def encode_text(self, token_ids):
+        """Unnormalised text embeddings (B, embed_dim) of int token ids (B, context_length)."""
+        if isinstance(token_ids, (np.ndarray, list)):
+            token_ids = ops.convert_to_tensor(np.asarray(token_ids))
+        self._check_token_ids(token_ids)
+        return self.text(token_ids)
+
+    def call(self, inputs, training=None):
+        if not isinstance(inputs, dict) or not {"images", "token_ids"} <= set(inputs):
+            got = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
+            raise ValueError(f"CLIP expects a dict with keys 'images' and 'token_ids', got {got}")
+        image_embeds = l2_normalize(ops.cast(self.encode_image(inputs["images"], training), "float32"))
+        text_embeds = l2_normalize(ops.cast(self.encode_text(inputs["token_ids"]), "float32"))
+        logits_per_image = ops.exp(self.logit_scale) * ops.matmul(image_embeds, ops.transpose(text_embeds))
+        return {
+            "logits_per_image": logits_per_image,
+            "logits_per_text": ops.transpose(logits_per_image),
+            "image_embeds": image_embeds,
+            "text_embeds": text_embeds,
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            embed_dim=self.embed_dim, image_size=self.image_size, vision_layers=self.vision_layers,
+            vision_width=self.vision_width, vision_patch_size=self.vision_patch_size,
+            vision_heads=self.vision_heads, context_length=self.context_length,
+            vocab_size=self.vocab_size, text_width=self.text_width, text_heads=self.text_heads,
+            text_layers=self.text_layers, text_encoder=self.text_encoder,
+            activation=self.activation, mlp_ratio=self.mlp_ratio,
+            logit_scale_init=self.logit_scale_init)
+        return config

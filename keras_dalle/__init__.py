@@ -1,0 +1,1 @@
+"""keras_dalle: DALL-E (discrete VAE, sparse-attention transformer, sampling) for Keras 3."""

@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="keras-clip-dalle",
+    version="0.1.0",
+    description="CLIP and DALL-E for Keras 3 / TensorFlow: train, export to TF Serving and TFLite.",
+    packages=find_packages(include=["keras_clip*", "keras_dalle*", "export*"]),
+    package_data={"keras_clip": ["text/assets/*", "zero_shot_assets/*"]},
+    include_package_data=True,
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow==2.21.*",
+        "tensorflow-text==2.21.*",
+        "keras>=3.15,<4",
+        "tensorboard",
+        "numpy",
+        "ftfy",
+        "regex",
+        "safetensors",
+        "pillow",
+    ],
+    extras_require={
+        "dev": ["pytest", "pytest-timeout", "scikit-image"],
+        "serving": ["tensorflow-serving-api==2.21.*", "grpcio"],
+        "lite": ["ai-edge-litert"],
+    },
+)
