@@ -1,0 +1,105 @@
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from keras_clip.model import CLIP
+
+
+def _tokens(batch, length=77, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((batch, length), np.int32)
+    for i in range(batch):
+        n = int(rng.integers(1, 20))
+        ids[i, : n + 2] = [49406, *rng.integers(1, 49000, n), 49407]
+    return ids
+
+
+def _images(model, batch, seed=0):
+    s = model.image_size
+    return np.random.default_rng(seed).standard_normal((batch, s, s, 3)).astype(np.float32)
+
+
+@pytest.fixture(scope="module", params=["ViT-Tiny", "RN-Tiny"])
+def model(request):
+    return CLIP.from_preset(request.param)
+
+
+def test_call_returns_scaled_cosine_logits_and_normalised_embeddings(model):
+    images, ids = _images(model, 3), _tokens(4)
+    out = model({"images": images, "token_ids": ids})
+    assert out["logits_per_image"].shape == (3, 4)
+    np.testing.assert_allclose(out["logits_per_text"], np.asarray(out["logits_per_image"]).T)
+    img = np.array(model.encode_image(images))
+    txt = np.array(model.encode_text(ids))
+    img /= np.linalg.norm(img, axis=-1, keepdims=True)
+    txt /= np.linalg.norm(txt, axis=-1, keepdims=True)
+    np.testing.assert_allclose(out["image_embeds"], img, atol=1e-6)
+    np.testing.assert_allclose(out["logits_per_image"], (1 / 0.07) * img @ txt.T, rtol=1e-5, atol=1e-5)
+
+
+def test_logit_scale_starts_at_log_one_over_0_07(model):
+    assert float(model.logit_scale.numpy()) == pytest.approx(math.log(1 / 0.07), rel=1e-6)
+
+
+def test_text_features_ignore_tokens_after_eot(model):
+    ids = _tokens(2)
+    changed = ids.copy()
+    eot = ids.argmax(-1)
+    changed[0, eot[0] + 1:] = 7  # garbage after EOT is invisible to a causal tower
+    np.testing.assert_allclose(model.encode_text(ids), model.encode_text(changed), atol=1e-5)
+
+
+def test_keras_file_round_trip_gives_identical_outputs(model, tmp_path):
+    images, ids = _images(model, 2), _tokens(2)
+    path = str(tmp_path / "clip.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, CLIP) and loaded.get_config() == model.get_config()
+    a = model({"images": images, "token_ids": ids})
+    b = loaded({"images": images, "token_ids": ids})
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_cbow_text_encoder_is_order_invariant_and_round_trips(tmp_path):
+    model = CLIP.from_preset("ViT-Tiny", text_encoder="cbow")
+    ids = _tokens(2)
+    shuffled = ids.copy()
+    n = int(ids[0].argmax()) + 1
+    shuffled[0, :n] = ids[0, :n][::-1]
+    feats = np.asarray(model.encode_text(ids))
+    np.testing.assert_allclose(feats, model.encode_text(shuffled), atol=1e-6)
+    model.save(str(tmp_path / "cbow.keras"))
+    loaded = keras.saving.load_model(str(tmp_path / "cbow.keras"))
+    np.testing.assert_array_equal(feats, loaded.encode_text(ids))
+
+
+@pytest.mark.parametrize("images, message", [
+    (np.zeros((32, 32, 3), np.float32), "rank-4"),
+    (np.zeros((1, 32, 32, 4), np.float32), "3 channels"),
+    (np.zeros((1, 32, 32, 3), np.uint8), "must be float"),
+    (np.zeros((1, 48, 48, 3), np.float32), "must be 32x32"),
+])
+def test_bad_images_get_a_clear_error(images, message):
+    model = CLIP.from_preset("ViT-Tiny")
+    with pytest.raises(ValueError, match=message):
+        model.encode_image(images)
+
+
+@pytest.mark.parametrize("ids, message", [
+    (np.zeros((77,), np.int32), "rank 2"),
+    (np.zeros((1, 77), np.float32), "must be integers"),
+    (np.zeros((1, 80), np.int32), "80 long"),
+])
+def test_bad_token_ids_get_a_clear_error(ids, message):
+    model = CLIP.from_preset("ViT-Tiny")
+    with pytest.raises(ValueError, match=message):
+        model.encode_text(ids)
+
+
+def test_call_without_both_inputs_names_the_keys():
+    model = CLIP.from_preset("ViT-Tiny")
+    with pytest.raises(ValueError, match="'images' and 'token_ids'"):
+        model({"images": np.zeros((1, 32, 32, 3), np.float32)})

@@ -1,0 +1,39 @@
+import gc
+
+import keras
+import pytest
+
+from keras_clip.model import CLIP
+from keras_clip.presets import PRESETS, REFERENCE_PARAM_COUNTS
+
+OPENAI_PRESETS = ["RN50", "RN101", "RN50x4", "RN50x16", "RN50x64",
+                  "ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336"]
+
+
+def test_every_openai_architecture_has_a_preset_and_a_reference_count():
+    assert set(OPENAI_PRESETS) <= set(PRESETS)
+    assert set(REFERENCE_PARAM_COUNTS) == set(OPENAI_PRESETS)
+    assert REFERENCE_PARAM_COUNTS["ViT-B-32"] == 151_277_313
+    assert REFERENCE_PARAM_COUNTS["RN50"] == 102_007_137
+
+
+@pytest.mark.parametrize("name", OPENAI_PRESETS)
+def test_param_count_equals_open_clip(name):
+    model = CLIP.from_preset(name)
+    try:
+        assert model.count_params() == REFERENCE_PARAM_COUNTS[name]
+    finally:
+        del model
+        keras.backend.clear_session()
+        gc.collect()
+
+
+def test_unknown_preset_error_lists_available_presets():
+    with pytest.raises(ValueError, match=r"Unknown CLIP preset 'ViT-X-99'.*ViT-B-32"):
+        CLIP.from_preset("ViT-X-99")
+
+
+def test_from_preset_applies_overrides():
+    model = CLIP.from_preset("ViT-Tiny", embed_dim=16, text_encoder="cbow")
+    assert model.embed_dim == 16 and model.text_encoder == "cbow"
+    assert model.get_config()["embed_dim"] == 16
