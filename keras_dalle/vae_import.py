@@ -1,0 +1,241 @@
+"""Load OpenAI's dVAE weights (the `dall_e` package's Encoder / Decoder) into `DiscreteVAE`.
+
+Supported files (encoder and decoder are separate files, as OpenAI ships them):
+
+* `.pkl` — OpenAI's official `encoder.pkl` / `decoder.pkl`: whole pickled torch modules. Needs
+  torch and the `dall_e` package (the pickle refers to its classes). Only the module's
+  `state_dict()` is read, so newer torch's `'Upsample' object has no attribute
+  'recompute_scale_factor'` (raised by the old pickled Upsample's forward) does not matter.
+* `.pt` / `.pth` / `.bin` — plain torch state dicts (`torch.load(weights_only=True)`).
+* `.npz` and `.safetensors` — plain arrays under the same keys; no torch needed.
+
+Keys follow dall_e: `blocks.input.w`, `blocks.group_2.block_1.id_path.w`,
+`blocks.group_1.block_2.res_path.conv_3.b`, `blocks.output.conv.w`, … Conv weights are torch
+OIHW `(out, in, k, k)` and are transposed to Keras HWIO; biases are `(out,)`.
+
+Example:
+    vae = load_openai_dvae("encoder.pkl", "decoder.pkl")
+    tokens = vae.encode(images)          # [B, 256, 256, 3] in [0, 1] → int32 [B, 32, 32]
+"""
+
+import os
+import re
+
+import numpy as np
+
+from keras_dalle.vae import DiscreteVAE
+
+__all__ = [
+    "load_openai_dvae",
+    "dvae_from_state_dicts",
+    "read_state_dict",
+    "infer_dvae_config",
+    "dall_e_state_dicts",
+]
+
+_TORCH_EXTS = (".pt", ".pth", ".bin")
+_GROUP_RE = re.compile(r"^blocks\.group_(\d+)\.")
+_BLOCK_RE = re.compile(r"^blocks\.group_1\.block_(\d+)\.")
+
+
+def _import_torch(path, why):
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(f"reading {path} needs torch ({why}); install torch, or convert the "
+                          "weights to .npz / .safetensors") from e
+    return torch
+
+
+def _to_numpy(value, key, path):
+    if hasattr(value, "detach"):  # torch tensor / parameter
+        value = value.detach().cpu()
+        if not value.is_floating_point() or value.dtype.itemsize < 4:
+            value = value.float()
+        value = value.numpy()
+    try:
+        return np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: entry {key!r} is not a numeric array "
+                         f"({type(value).__name__})") from e
+
+
+def _unwrap_state(obj, path):
+    """Returns a flat {key: value} mapping from a module, a state dict, or {'state_dict': …}."""
+    if hasattr(obj, "state_dict") and callable(obj.state_dict):
+        # A whole pickled module: only its parameters are needed, never its forward.
+        return obj.state_dict()
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a dall_e module or a state dict, got "
+                         f"{type(obj).__name__}")
+    return obj
+
+
+def read_state_dict(path):
+    """Reads a dall_e encoder or decoder weight file into {key: float32 numpy array}."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"dVAE weight file not found: {path}")
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            state = {k: data[k] for k in data.files}
+    elif ext == ".safetensors":
+        from safetensors.numpy import load_file
+
+        state = load_file(path)
+    elif ext == ".pkl":
+        torch = _import_torch(path, "it is a pickled torch module")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except ModuleNotFoundError as e:
+            raise ImportError(f"reading the pickled module {path} needs the package that "
+                              f"defines its classes ({e.name!r}); for OpenAI's encoder.pkl / "
+                              "decoder.pkl install `dall-e` (pip install dall-e)") from e
+        state = _unwrap_state(obj, path)
+    elif ext in _TORCH_EXTS:
+        torch = _import_torch(path, "it is a torch state dict")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises UnpicklingError for whole pickled modules
+            raise ValueError(f"{path}: could not read a plain state dict with "
+                             f"torch.load(weights_only=True) ({type(e).__name__}: {e}); if it is "
+                             "a whole pickled module, rename it to .pkl") from e
+        state = _unwrap_state(obj, path)
+    else:
+        raise ValueError(f"{path}: unsupported dVAE weight file extension {ext!r}; expected "
+                         ".pkl, .pt, .pth, .bin, .npz or .safetensors")
+    return {str(k): _to_numpy(v, k, path) for k, v in state.items()}
+
+
+def _shape(state, key, ndim):
+    value = state.get(key)
+    if value is None or value.ndim != ndim:
+        return None
+    return value.shape
+
+
+def _count(state, pattern):
+    found = {int(m.group(1)) for m in map(pattern.match, state) if m}
+    return max(found) if found else None
+
+
+def infer_dvae_config(encoder_state, decoder_state, encoder_source="encoder",
+                      decoder_source="decoder"):
+    """Infers DiscreteVAE arguments from dall_e state-dict shapes.
+
+    Returns a dict with whichever of num_channels, n_hid, group_count, n_blk_per_group,
+    vocab_size, n_init and output_channels could be read. Raises ValueError when the encoder and
+    decoder disagree.
+    """
+    enc, dec = {}, {}
+    shape = _shape(encoder_state, "blocks.input.w", 4)
+    if shape:
+        enc["n_hid"], enc["num_channels"] = shape[0], shape[1]
+    shape = _shape(encoder_state, "blocks.output.conv.w", 4)
+    if shape:
+        enc["vocab_size"] = shape[0]
+    shape = _shape(decoder_state, "blocks.input.w", 4)
+    if shape:
+        dec["n_init"], dec["vocab_size"] = shape[0], shape[1]
+    shape = _shape(decoder_state, "blocks.output.conv.w", 4)
+    if shape:
+        dec["output_channels"], dec["n_hid"] = shape[0], shape[1]
+    for state, out in ((encoder_state, enc), (decoder_state, dec)):
+        groups, blocks = _count(state, _GROUP_RE), _count(state, _BLOCK_RE)
+        if groups:
+            out["group_count"] = groups
+        if blocks:
+            out["n_blk_per_group"] = blocks
+    conflicts = [f"{k}: {encoder_source} has {enc[k]}, {decoder_source} has {dec[k]}"
+                 for k in sorted(set(enc) & set(dec)) if enc[k] != dec[k]]
+    if conflicts:
+        raise ValueError("the dVAE encoder and decoder weights do not fit one DiscreteVAE "
+                         "configuration: " + "; ".join(conflicts))
+    return {k: int(v) for k, v in {**enc, **dec}.items()}
+
+
+def _expected(net):
+    """{dall_e key: (torch shape, keras variable, is_kernel)} for an encoder or decoder."""
+    out = {}
+    for prefix, conv in net.dall_e_conv_layers().items():
+        kh, kw, n_in, n_out = conv.kernel.shape
+        out[f"{prefix}.w"] = ((n_out, n_in, kh, kw), conv.kernel, True)
+        out[f"{prefix}.b"] = ((n_out,), conv.bias, False)
+    return out
+
+
+def _check_and_assign(net, state, source, config):
+    expected = _expected(net)
+    missing = [f"{k} (expected shape {shape})" for k, (shape, _, _) in expected.items()
+               if k not in state]
+    unexpected = [f"{k} (shape {tuple(state[k].shape)})" for k in state if k not in expected]
+    misshaped = [f"{k}: expected shape {shape}, got {tuple(state[k].shape)}"
+                 for k, (shape, _, _) in expected.items()
+                 if k in state and tuple(state[k].shape) != shape]
+    if missing or unexpected or misshaped:
+        parts = []
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                             ("mis-shaped keys", misshaped)):
+            if items:
+                shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
+                parts.append(f"{title} ({len(items)}): " + "; ".join(shown))
+        raise ValueError(f"{source}: dall_e {net.name} weights do not match DiscreteVAE("
+                         f"{', '.join(f'{k}={v}' for k, v in sorted(config.items()))}) — "
+                         + " | ".join(parts))
+    for key, (_, variable, is_kernel) in expected.items():
+        value = state[key]
+        if is_kernel:
+            value = np.transpose(value, (2, 3, 1, 0))  # OIHW → HWIO
+        variable.assign(value)
+
+
+def dvae_from_state_dicts(encoder_state, decoder_state, encoder_source="<encoder state dict>",
+                          decoder_source="<decoder state dict>", **config_overrides):
+    """Builds a DiscreteVAE from dall_e encoder/decoder state dicts (numpy or torch values).
+
+    The configuration is inferred from the tensor shapes; `config_overrides` (e.g. image_size,
+    dtype, name) take precedence. Missing, unexpected or mis-shaped keys raise ValueError.
+    """
+    encoder_state = {str(k): _to_numpy(v, k, encoder_source)
+                     for k, v in _unwrap_state(encoder_state, encoder_source).items()}
+    decoder_state = {str(k): _to_numpy(v, k, decoder_source)
+                     for k, v in _unwrap_state(decoder_state, decoder_source).items()}
+    config = infer_dvae_config(encoder_state, decoder_state, encoder_source, decoder_source)
+    config.update(config_overrides)
+    vae = DiscreteVAE(**config)
+    vae.build()
+    shown = {k: v for k, v in config.items() if k not in ("dtype", "name")}
+    _check_and_assign(vae.encoder, encoder_state, encoder_source, shown)
+    _check_and_assign(vae.decoder, decoder_state, decoder_source, shown)
+    return vae
+
+
+def load_openai_dvae(encoder_path, decoder_path, **config_overrides):
+    """Loads OpenAI's dVAE (`encoder.pkl`, `decoder.pkl`, or .pt/.pth/.bin/.npz/.safetensors
+    state dicts with dall_e keys) into a `DiscreteVAE`.
+
+    Example:
+        vae = load_openai_dvae("encoder.pkl", "decoder.pkl")
+        vae = load_openai_dvae("enc.safetensors", "dec.safetensors", image_size=128)
+    """
+    encoder_path, decoder_path = os.fspath(encoder_path), os.fspath(decoder_path)
+    return dvae_from_state_dicts(read_state_dict(encoder_path), read_state_dict(decoder_path),
+                                 encoder_source=encoder_path, decoder_source=decoder_path,
+                                 **config_overrides)
+
+
+def dall_e_state_dicts(vae):
+    """The inverse mapping: (encoder_state, decoder_state) as {dall_e key: float32 numpy}."""
+    if not vae.built:
+        vae.build()
+    out = []
+    for net in (vae.encoder, vae.decoder):
+        state = {}
+        for key, (_, variable, is_kernel) in _expected(net).items():
+            value = np.asarray(variable.numpy(), dtype=np.float32)
+            state[key] = np.transpose(value, (3, 2, 0, 1)) if is_kernel else value
+        out.append(state)
+    return tuple(out)
