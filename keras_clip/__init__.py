@@ -1,1 +1,32 @@
-"""keras_clip: OpenAI CLIP for Keras 3 on TensorFlow."""
+"""keras_clip: OpenAI CLIP for Keras 3 on TensorFlow.
+
+Example:
+    >>> import keras_clip
+    >>> model = keras_clip.CLIP.from_preset("ViT-B-32")
+    >>> model = keras_clip.load_pretrained("ViT-B-32.pt")          # OpenAI / open_clip weights
+    >>> ids = keras_clip.tokenize(["a photo of a cat"])             # int32 (1, 77)
+    >>> classifier = keras_clip.zero_shot_classifier(model, ["cat", "dog"])
+"""
+
+import os as _os
+
+_os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from keras_clip import presets  # noqa: E402
+from keras_clip.convert import load_pretrained  # noqa: E402
+from keras_clip.model import CLIP  # noqa: E402
+from keras_clip.preprocessing import CLIPImagePreprocessor, preprocess_images  # noqa: E402
+from keras_clip.text.tokenizer import CLIPTokenizer, SimpleTokenizer, tokenize  # noqa: E402
+from keras_clip.zero_shot import (  # noqa: E402
+    IMAGENET_CLASSNAMES,
+    OPENAI_IMAGENET_TEMPLATES,
+    SIMPLE_IMAGENET_TEMPLATES,
+    predict_zero_shot,
+    zero_shot_classifier,
+)
+
+__all__ = [
+    "CLIP", "CLIPImagePreprocessor", "CLIPTokenizer", "IMAGENET_CLASSNAMES",
+    "OPENAI_IMAGENET_TEMPLATES", "SIMPLE_IMAGENET_TEMPLATES", "SimpleTokenizer", "load_pretrained",
+    "predict_zero_shot", "preprocess_images", "presets", "tokenize", "zero_shot_classifier",
+]

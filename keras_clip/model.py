@@ -4,8 +4,11 @@ import math
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
+from keras_clip.loss import contrastive_loss
+from keras_clip.preprocessing import OPENAI_MEAN, OPENAI_STD
 from keras_clip.presets import get_preset
 from keras_clip.text.cbow import CBOWTextEncoder
 from keras_clip.text.transformer import TextTransformer
@@ -13,8 +16,29 @@ from keras_clip.vision.resnet import ModifiedResNet
 from keras_clip.vision.vit import VisionTransformer
 
 
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
 def l2_normalize(x, axis=-1):
     return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=axis, keepdims=True), 1e-24))
+
+
+@keras.saving.register_keras_serializable(package="keras_clip")
+class ClipLogitScale(keras.constraints.Constraint):
+    """Keeps ``logit_scale`` in [0, ln 100] (open_clip clamps after every step).
+
+    As a variable constraint it is applied by the optimizer right after each update, inside the
+    optimizer's cross-replica update, so it is safe under every tf.distribute strategy.
+    """
+
+    def __init__(self, max_value=MAX_LOGIT_SCALE):
+        self.max_value = max_value
+
+    def __call__(self, w):
+        return ops.clip(w, 0.0, self.max_value)
+
+    def get_config(self):
+        return {"max_value": self.max_value}
 
 
 @keras.saving.register_keras_serializable(package="keras_clip")
@@ -77,13 +101,15 @@ class CLIP(keras.Model):
                                         name="text", dtype=policy)
         else:
             self.text = CBOWTextEncoder(vocab_size, text_width, embed_dim, name="text", dtype=policy)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
         self.build()
 
     def build(self, input_shape=None):
         if self.built:
             return
         self.logit_scale = self.add_weight(
-            name="logit_scale", shape=(), initializer=keras.initializers.Constant(self.logit_scale_init))
+            name="logit_scale", shape=(), initializer=keras.initializers.Constant(self.logit_scale_init),
+            constraint=ClipLogitScale())
         self.visual.build()
         self.text.build()
         self.built = True
@@ -166,6 +192,72 @@ class CLIP(keras.Model):
             "image_embeds": image_embeds,
             "text_embeds": text_embeds,
         }
+
+    # --- training: symmetric contrastive loss with global-batch negatives -------------------------
+    def compile(self, optimizer="adamw", *, xla_towers=True, **kwargs):
+        """Configure training; the CLIP loss is built in, so no ``loss`` argument is needed.
+
+        Args:
+            xla_towers: run the per-replica tower forward/backward as one XLA-compiled function.
+                Keras' own ``jit_compile`` would put the whole distributed step into one XLA
+                cluster, which fails under MirroredStrategy; compiling only the per-replica
+                tower computation works under every strategy.
+        """
+        if kwargs.get("loss") is not None:
+            raise ValueError("CLIP computes its contrastive loss itself; call compile() without `loss`")
+        self.xla_towers = xla_towers
+        self._tower_fn = None
+        super().compile(optimizer=optimizer, **kwargs)
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker]
+
+    def _normalise_batch(self, images):
+        """uint8 NHWC → CLIP-normalised float (images already sized for the model)."""
+        if images.dtype == tf.uint8:
+            images = tf.cast(images, "float32") / 255.0
+            images = (images - tf.constant(OPENAI_MEAN)) / tf.constant(OPENAI_STD)
+        return tf.cast(images, self.compute_dtype)
+
+    def embed_pair(self, images, token_ids, training=False):
+        """L2-normalised float32 image and text embeddings of a batch of pairs."""
+        img = l2_normalize(ops.cast(self.encode_image(images, training=training), "float32"))
+        txt = l2_normalize(ops.cast(self.encode_text(token_ids), "float32"))
+        return img, txt
+
+    def _towers(self, images, token_ids, training):
+        if not getattr(self, "xla_towers", False):
+            return self.embed_pair(images, token_ids, training)
+        if self._tower_fn is None:
+            self._tower_fn = tf.function(self.embed_pair, jit_compile=True, reduce_retracing=True)
+        return self._tower_fn(images, token_ids, training)
+
+    def _unpack(self, data):
+        x = data[0] if isinstance(data, (tuple, list)) else data
+        if not isinstance(x, dict) or not {"images", "token_ids"} <= set(x):
+            raise ValueError("CLIP training data must yield dicts with 'images' and 'token_ids', got "
+                             f"{sorted(x) if isinstance(x, dict) else type(x).__name__}")
+        return self._normalise_batch(x["images"]), x["token_ids"]
+
+    def train_step(self, data):
+        images, token_ids = self._unpack(data)
+        with tf.GradientTape() as tape:
+            img, txt = self._towers(images, token_ids, True)
+            loss = contrastive_loss(img, txt, self.logit_scale)
+            # Gradients are summed over replicas by the optimizer: average them instead.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = self.optimizer.scale_loss(loss / replicas)
+        grads = tape.gradient(scaled, self.trainable_weights)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
+        self.loss_tracker.update_state(loss)
+        return {"loss": self.loss_tracker.result(), "temperature": tf.exp(self.logit_scale)}
+
+    def test_step(self, data):
+        images, token_ids = self._unpack(data)
+        img, txt = self._towers(images, token_ids, False)
+        self.loss_tracker.update_state(contrastive_loss(img, txt, self.logit_scale))
+        return {"loss": self.loss_tracker.result()}
 
     def get_config(self):
         config = super().get_config()
