@@ -209,6 +209,14 @@ class CLIP(keras.Model):
         self._tower_fn = None
         super().compile(optimizer=optimizer, **kwargs)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras builds here by averaging a whole first batch over replicas (strategy.reduce of
+        # a dict), which MultiWorkerMirroredStrategy rejects. CLIP is built in __init__ and has
+        # no compiled losses/metrics: only the optimizer's slots need creating.
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+
     @property
     def metrics(self):
         return [self.loss_tracker]
@@ -251,13 +259,22 @@ class CLIP(keras.Model):
         grads = tape.gradient(scaled, self.trainable_weights)
         self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
         self.loss_tracker.update_state(loss)
-        return {"loss": self.loss_tracker.result(), "temperature": tf.exp(self.logit_scale)}
+        return self._logs(loss=self.loss_tracker.result(), temperature=tf.exp(self.logit_scale),
+                          learning_rate=self.optimizer.learning_rate)
 
     def test_step(self, data):
         images, token_ids = self._unpack(data)
         img, txt = self._towers(images, token_ids, False)
         self.loss_tracker.update_state(contrastive_loss(img, txt, self.logit_scale))
-        return {"loss": self.loss_tracker.result()}
+        return self._logs(loss=self.loss_tracker.result())
+
+    def _logs(self, **values):
+        strategy = self.distribute_strategy
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
+                strategy.extended._in_multi_worker_mode():
+            # Keras reduces multi-worker logs with a mean over axis 0, which needs a rank >= 1.
+            return {k: tf.reshape(tf.cast(v, "float32"), [1]) for k, v in values.items()}
+        return values
 
     def get_config(self):
         config = super().get_config()

@@ -56,6 +56,20 @@ def test_full_size_parity_with_open_clip(preset):
     assert d_img <= 1e-4 and d_txt <= 1e-4
 
 
+@pytest.mark.slow
+def test_open_clip_gelu_model_loads_with_gelu_activation():
+    torch.manual_seed(0)
+    ref = open_clip.create_model("ViT-B-32", pretrained=None)  # open_clip's GELU variant
+    perturb(ref, 0)
+    images, tokens, img, txt = _reference(ref, 224, batch=1)
+    sd = {k: v.float().numpy() for k, v in ref.state_dict().items()}
+    model = load_pretrained(sd, activation="gelu")
+    assert np.abs(np.asarray(model.encode_image(images)) - img).max() <= 1e-4
+    assert np.abs(np.asarray(model.encode_text(tokens)) - txt).max() <= 1e-4
+    quick = load_pretrained(sd)  # the wrong activation is visible: parity really checks it
+    assert np.abs(np.asarray(quick.encode_text(tokens)) - txt).max() > 1e-3
+
+
 def test_openai_torchscript_archive_loads(tmp_path):
     model, size = _tiny_open_clip("clip_vit_tiny")
     images, tokens, img, txt = _reference(model, size, batch=2)

@@ -1,0 +1,163 @@
+"""Training callbacks: zero-shot and retrieval evaluation, embedding projector, data-skip counts,
+and a mid-epoch resumable backup."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def _normalised(x):
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _encode(fn, data, batch_size):
+    return _normalised(np.concatenate([np.asarray(fn(data[i:i + batch_size]))
+                                       for i in range(0, len(data), batch_size)]))
+
+
+def recall_at_k(query, keys, relevant, ks=(1, 5, 10)):
+    """Share of queries with a relevant key among their top k by cosine similarity.
+
+    ``relevant`` (Q, K) is boolean: several keys can be right (e.g. identical captions).
+    """
+    order = np.argsort(-(query @ keys.T), axis=1)  # (Q, K) best first
+    hits = np.take_along_axis(relevant, order, axis=1)
+    return {k: float(hits[:, :k].any(axis=1).mean()) for k in ks}
+
+
+class ZeroShotEvaluation(keras.callbacks.Callback):
+    """Adds zero-shot top-1 and image↔text retrieval R@1/5/10 to the epoch logs.
+
+    Args:
+        class_token_ids: int32 (C, 77), one prompt per class.
+        zero_shot: {split name: (images, labels)} — normalised float images, int labels in [0, C).
+        retrieval: {split name: (images, token_ids)} — row i of each is a matching pair.
+
+    Placed before ``keras.callbacks.TensorBoard`` in the callback list, the values are written
+    to TensorBoard as epoch scalars (``zero_shot_top1_<split>``, ``i2t_R@k_<split>``, ...).
+    """
+
+    def __init__(self, class_token_ids, zero_shot=None, retrieval=None, batch_size=256, every=1):
+        super().__init__()
+        self.class_token_ids = np.asarray(class_token_ids, np.int32)
+        self.zero_shot = zero_shot or {}
+        self.retrieval = retrieval or {}
+        self.batch_size = batch_size
+        self.every = every
+
+    def evaluate(self):
+        model, results = self.model, {}
+        classes = _encode(model.encode_text, self.class_token_ids, self.batch_size)
+        for name, (images, labels) in self.zero_shot.items():
+            feats = _encode(model.encode_image, images, self.batch_size)
+            results[f"zero_shot_top1_{name}"] = float(np.mean((feats @ classes.T).argmax(1) == labels))
+        for name, (images, token_ids) in self.retrieval.items():
+            img = _encode(model.encode_image, images, self.batch_size)
+            txt = _encode(model.encode_text, token_ids, self.batch_size)
+            token_ids = np.asarray(token_ids)
+            same = (token_ids[:, None, :] == token_ids[None, :, :]).all(-1)  # identical captions
+            for direction, r in (("i2t", recall_at_k(img, txt, same)), ("t2i", recall_at_k(txt, img, same))):
+                results.update({f"{direction}_R@{k}_{name}": v for k, v in r.items()})
+        return results
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and (epoch + 1) % self.every == 0:
+            logs.update(self.evaluate())
+
+
+class EmbeddingProjector(keras.callbacks.Callback):
+    """Writes image and text embeddings of a sample to TensorBoard's projector at the end of
+    training (``<log_dir>/projector``), labelled with their captions."""
+
+    def __init__(self, log_dir, images, token_ids, captions):
+        super().__init__()
+        self.log_dir = os.path.join(log_dir, "projector")
+        self.images, self.token_ids, self.captions = images, token_ids, list(captions)
+
+    def on_train_end(self, logs=None):
+        from tensorboard.plugins import projector
+
+        os.makedirs(self.log_dir, exist_ok=True)
+        img = _encode(self.model.encode_image, self.images, 256)
+        txt = _encode(self.model.encode_text, self.token_ids, 256)
+        with open(os.path.join(self.log_dir, "metadata.tsv"), "w", encoding="utf-8") as f:
+            f.write("kind\tcaption\n")
+            for kind in ("image", "text"):
+                for c in self.captions:
+                    f.write(f"{kind}\t{c.replace(chr(9), ' ')}\n")
+        embeddings = tf.Variable(np.concatenate([img, txt]), name="embeddings")
+        tf.train.Checkpoint(embedding=embeddings).save(os.path.join(self.log_dir, "embedding.ckpt"))
+        config = projector.ProjectorConfig()
+        emb = config.embeddings.add()
+        emb.tensor_name = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
+        emb.metadata_path = "metadata.tsv"
+        projector.visualize_embeddings(self.log_dir, config)
+
+
+class SkipCountLogger(keras.callbacks.Callback):
+    """Adds the data pipeline's skipped-record counts (``skipped_<reason>``) to the epoch logs
+    and prints them, so corrupt data is visible in the log and in TensorBoard."""
+
+    def __init__(self, counter):
+        super().__init__()
+        self.counter = counter
+
+    def on_epoch_end(self, epoch, logs=None):
+        counts = self.counter.result()
+        if logs is not None:
+            logs.update({f"skipped_{k}": float(v) for k, v in counts.items()})
+        if any(counts.values()):
+            print(f"\nskipped records so far: {counts}")
+
+
+class ResumableBackup(keras.callbacks.Callback):
+    """Backs up weights + optimizer state and the global step every ``save_freq`` batches.
+
+    Unlike ``keras.callbacks.BackupAndRestore`` (which restarts an interrupted epoch from its
+    first batch), the saved global step lets ``keras_clip.train`` resume the data stream at the
+    exact batch, so a killed run reaches the same final weights as an uninterrupted one.
+    Files are written to a temporary name and renamed, so a kill never leaves a torn backup.
+    """
+
+    def __init__(self, backup_dir, save_freq=50):
+        super().__init__()
+        self.backup_dir = backup_dir
+        self.save_freq = save_freq
+        self.meta_path = os.path.join(backup_dir, "backup.json")
+
+    def restore(self):
+        """Load the last backup into the model; returns the global step it was taken at (0 if none)."""
+        if not os.path.exists(self.meta_path):
+            return 0
+        with open(self.meta_path) as f:
+            meta = json.load(f)
+        if not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(os.path.join(self.backup_dir, meta["weights"]))
+        return int(meta["global_step"])
+
+    def _save(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        step = int(self.model.optimizer.iterations.numpy())
+        name = f"backup-{step}.weights.h5"
+        tmp = os.path.join(self.backup_dir, ".tmp.weights.h5")
+        self.model.save_weights(tmp, overwrite=True)
+        os.replace(tmp, os.path.join(self.backup_dir, name))
+        # The metadata is renamed last, so it only ever names a complete weights file of its step.
+        with open(self.meta_path + ".tmp", "w") as f:
+            json.dump({"global_step": step, "weights": name}, f)
+        os.replace(self.meta_path + ".tmp", self.meta_path)
+        for old in os.listdir(self.backup_dir):
+            if old.startswith("backup-") and old != name:
+                os.remove(os.path.join(self.backup_dir, old))
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) % self.save_freq == 0:
+            self._save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._save()

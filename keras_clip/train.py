@@ -1,0 +1,181 @@
+"""Train CLIP with ``model.fit`` on the built-in shapes data or image–caption shards.
+
+    python -m keras_clip.train --preset ViT-S-Demo --data shapes --epochs 10 --batch-size 128 \
+        --logdir runs/clip --output runs/clip/clip.keras
+
+The run resumes from ``<logdir>/backup`` when restarted (at the exact batch it stopped at).
+"""
+
+import argparse
+import os
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_clip import callbacks as cb
+from keras_clip.strategy import STRATEGIES, is_chief, make_strategy
+
+
+def save_atomic(model, path):
+    """``model.save(path)`` through a temporary file in the same folder and a rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".keras", prefix=".tmp-", dir=folder)
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _shapes_eval_data(image_size, num_examples, seed):
+    """Zero-shot (val, heldout) and retrieval (val) sets from the built-in shapes data."""
+    from keras_clip.data import shapes
+    from keras_clip.preprocessing import CLIPImagePreprocessor
+    from keras_clip.text.tokenizer import tokenize
+
+    pre = CLIPImagePreprocessor(image_size=image_size)
+    names, prompts = shapes.class_prompts()
+    zero_shot, retrieval, sample = {}, {}, None
+    for split in ("val", "heldout"):
+        data = shapes.generate_shapes(num_examples, split=split, image_size=image_size, seed=seed)
+        images = pre(data["images"]).numpy()
+        zero_shot[split] = (images, shapes.labels(data["attributes"]))
+        if split == "val":
+            retrieval[split] = (images, tokenize(data["captions"]))
+            sample = (images[:200], retrieval[split][1][:200], data["captions"][:200])
+    return tokenize(prompts), zero_shot, retrieval, sample
+
+
+def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
+               steps_per_epoch=None, logdir="runs/clip", output=None, learning_rate=5e-4,
+               warmup_steps=None, weight_decay=0.2, strategy="default", cpu_replicas=None,
+               mixed_precision=False, xla=True, seed=0, eval_examples=1000, save_freq=50,
+               profile=False, deterministic=True, gradient_accumulation_steps=None,
+               num_examples=None, verbose=1, **model_overrides):
+    """Build, train and save a CLIP; returns ``(model, history_dict)``.
+
+    ``batch_size`` is the global batch (split over replicas); ``data`` is "shapes" or a shard
+    path/glob (.tfrecord, .tar, .tsv). Logs, backups and checkpoints go to ``logdir``.
+
+    Example:
+        >>> model, history = train_clip("ViT-Tiny", epochs=1, batch_size=32, steps_per_epoch=5)
+    """
+    from keras_clip.data.readers import make_clip_dataset
+    from keras_clip.model import CLIP
+    from keras_clip.optimizer import clip_optimizer
+
+    strategy = make_strategy(strategy, cpu_replicas)  # first: it may configure devices
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    chief = is_chief()
+    if not chief:  # other workers log to a throwaway folder (MultiWorkerMirroredStrategy)
+        logdir = tempfile.mkdtemp(prefix="keras_clip_worker_")
+
+    with strategy.scope():
+        model = CLIP.from_preset(preset, **model_overrides)
+    dataset = make_clip_dataset(data, batch_size, image_size=model.image_size, split="train",
+                                shuffle=True, seed=seed, num_examples=num_examples)
+    if steps_per_epoch is None:
+        cardinality = int(dataset.cardinality())
+        if cardinality <= 0:
+            raise ValueError(f"Cannot tell how many batches {data!r} holds; pass steps_per_epoch")
+        steps_per_epoch = cardinality
+    total_steps = epochs * steps_per_epoch
+    with strategy.scope():
+        model.compile(optimizer=clip_optimizer(
+            model, total_steps, learning_rate=learning_rate, warmup_steps=warmup_steps,
+            weight_decay=weight_decay, gradient_accumulation_steps=gradient_accumulation_steps),
+            xla_towers=xla, jit_compile=False)
+    # One stream of batches for the whole run (reshuffled each epoch, deterministic by seed):
+    # a resumed run skips exactly the batches already trained on.
+    stream = dataset.repeat()
+
+    backup = cb.ResumableBackup(os.path.join(logdir, "backup"), save_freq=save_freq)
+    backup.set_model(model)
+    start = backup.restore()
+    callbacks = [backup, cb.SkipCountLogger(dataset.skip_counter)]
+    if eval_examples and data == "shapes":
+        class_ids, zero_shot, retrieval, sample = _shapes_eval_data(model.image_size, eval_examples, seed)
+        callbacks.append(cb.ZeroShotEvaluation(class_ids, zero_shot, retrieval))
+        callbacks.append(cb.EmbeddingProjector(logdir, *sample))
+    callbacks += [
+        keras.callbacks.TensorBoard(logdir, update_freq="epoch", profile_batch=(2, 4) if profile else 0),
+        keras.callbacks.ModelCheckpoint(os.path.join(logdir, "checkpoints", "epoch-{epoch:03d}.keras")),
+    ]
+
+    history, t0 = {}, time.time()
+    epoch, batch = divmod(start, steps_per_epoch)
+    if start:
+        print(f"Resuming from {backup.backup_dir} at global step {start} (epoch {epoch + 1}, batch {batch})")
+    runs = []
+    if batch:  # finish the interrupted epoch first
+        runs.append((epoch, steps_per_epoch - batch))
+        epoch += 1
+    if epoch < epochs:
+        runs.append((epoch, steps_per_epoch))
+    for first_epoch, steps in runs:
+        done = first_epoch * steps_per_epoch + (steps_per_epoch - steps)
+        last = first_epoch + 1 if steps != steps_per_epoch else epochs
+        h = model.fit(stream.skip(done), epochs=last, initial_epoch=first_epoch,
+                      steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
+        for k, v in h.history.items():
+            history.setdefault(k, []).extend(v)
+    history["train_seconds"] = time.time() - t0
+    if output and chief:
+        save_atomic(model, output)
+    return model, history
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="ViT-S-Demo")
+    p.add_argument("--data", default="shapes", help='"shapes" or shard path/glob (.tfrecord, .tar, .tsv)')
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128, help="global batch size")
+    p.add_argument("--steps-per-epoch", type=int, default=None)
+    p.add_argument("--num-examples", type=int, default=None, help="limit the training examples")
+    p.add_argument("--logdir", default="runs/clip")
+    p.add_argument("--output", default=None, help="where to save the trained model (.keras)")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup-steps", type=int, default=None)
+    p.add_argument("--weight-decay", type=float, default=0.2)
+    p.add_argument("--strategy", default="default", choices=STRATEGIES)
+    p.add_argument("--cpu-replicas", type=int, default=None,
+                   help="split the CPU into N logical devices (with --strategy mirrored)")
+    p.add_argument("--mixed-precision", action="store_true", help="mixed_bfloat16, loss in float32")
+    p.add_argument("--no-xla", action="store_true", help="don't XLA-compile the per-replica towers")
+    p.add_argument("--grad-accum", type=int, default=None, help="gradient accumulation steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-examples", type=int, default=1000, help="0 disables evaluation")
+    p.add_argument("--save-freq", type=int, default=50, help="backup every N steps")
+    p.add_argument("--profile", action="store_true", help="profiler trace of steps 2-4")
+    p.add_argument("--text-encoder", default=None, choices=["transformer", "cbow"])
+    p.add_argument("--verbose", type=int, default=1)
+    args = p.parse_args(argv)
+    overrides = {"text_encoder": args.text_encoder} if args.text_encoder else {}
+    _, history = train_clip(
+        preset=args.preset, data=args.data, epochs=args.epochs, batch_size=args.batch_size,
+        steps_per_epoch=args.steps_per_epoch, logdir=args.logdir, output=args.output,
+        learning_rate=args.lr, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
+        strategy=args.strategy, cpu_replicas=args.cpu_replicas,
+        mixed_precision=args.mixed_precision, xla=not args.no_xla, seed=args.seed,
+        eval_examples=args.eval_examples, save_freq=args.save_freq, profile=args.profile,
+        gradient_accumulation_steps=args.grad_accum, num_examples=args.num_examples,
+        verbose=args.verbose, **overrides)
+    final = {k: v[-1] for k, v in history.items() if isinstance(v, list) and v}
+    print(f"trained in {history['train_seconds']:.0f}s; final: " +
+          ", ".join(f"{k}={v:.4f}" for k, v in sorted(final.items())))
+    return history
+
+
+if __name__ == "__main__":
+    main()
