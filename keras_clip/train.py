@@ -66,7 +66,7 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
     Example:
         >>> model, history = train_clip("ViT-Tiny", epochs=1, batch_size=32, steps_per_epoch=5)
     """
-    from keras_clip.data.readers import make_clip_dataset
+    from keras_clip.data.readers import SkipCounter, make_clip_dataset
     from keras_clip.model import CLIP
     from keras_clip.optimizer import clip_optimizer
 
@@ -82,8 +82,17 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
 
     with strategy.scope():
         model = CLIP.from_preset(preset, **model_overrides)
-    dataset = make_clip_dataset(data, batch_size, image_size=model.image_size, split="train",
-                                shuffle=True, seed=seed, num_examples=num_examples)
+    skip_counter = SkipCounter()
+
+    def stream():
+        # A fresh dataset object per fit() call: its shuffle order for repeat k is then a pure
+        # function of (seed, k), so a resumed run that skips the batches already trained on sees
+        # exactly the batches an uninterrupted run would (one object reshuffles per iterator).
+        return make_clip_dataset(data, batch_size, image_size=model.image_size, split="train",
+                                 shuffle=True, seed=seed, num_examples=num_examples,
+                                 skip_counter=skip_counter)
+
+    dataset = stream()
     if steps_per_epoch is None:
         cardinality = int(dataset.cardinality())
         if cardinality <= 0:
@@ -95,14 +104,10 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
             model, total_steps, learning_rate=learning_rate, warmup_steps=warmup_steps,
             weight_decay=weight_decay, gradient_accumulation_steps=gradient_accumulation_steps),
             xla_towers=xla, jit_compile=False)
-    # One stream of batches for the whole run (reshuffled each epoch, deterministic by seed):
-    # a resumed run skips exactly the batches already trained on.
-    stream = dataset.repeat()
-
     backup = cb.ResumableBackup(os.path.join(logdir, "backup"), save_freq=save_freq)
     backup.set_model(model)
     start = backup.restore()
-    callbacks = [backup, cb.SkipCountLogger(dataset.skip_counter)]
+    callbacks = [backup, cb.SkipCountLogger(skip_counter)]
     if eval_examples and data == "shapes":
         class_ids, zero_shot, retrieval, sample = _shapes_eval_data(model.image_size, eval_examples, seed)
         callbacks.append(cb.ZeroShotEvaluation(class_ids, zero_shot, retrieval))
@@ -125,7 +130,7 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
     for first_epoch, steps in runs:
         done = first_epoch * steps_per_epoch + (steps_per_epoch - steps)
         last = first_epoch + 1 if steps != steps_per_epoch else epochs
-        h = model.fit(stream.skip(done), epochs=last, initial_epoch=first_epoch,
+        h = model.fit(stream().repeat().skip(done), epochs=last, initial_epoch=first_epoch,
                       steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
         for k, v in h.history.items():
             history.setdefault(k, []).extend(v)

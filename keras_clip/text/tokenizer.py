@@ -617,7 +617,8 @@ class CLIPTokenizer(keras.layers.Layer):
         x = tf.strings.unicode_transcode(x, "UTF-8", "UTF-8", errors="replace")
         x = _ftfy_lite(x, t)
         x = tf.while_loop(lambda i, x: i < 2, lambda i, x: (i + 1, _html_unescape(x, t.html)),
-                          (0, x))[1]  # html.unescape twice, traced once
+                          (0, x), shape_invariants=(tf.TensorShape([]), tf.TensorShape([None]))
+                          )[1]  # html.unescape twice, traced once; the batch may be static
         x = tf.strings.regex_replace(x, t.space_pattern, " ")
         x = tf.strings.regex_replace(x, "^ | $", "")
         # Zero bytes would cut ICU's string short; ftfy removed them already.
