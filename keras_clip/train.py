@@ -33,23 +33,34 @@ def save_atomic(model, path):
             os.remove(tmp)
 
 
-def _shapes_eval_data(image_size, num_examples, seed):
-    """Zero-shot (val, heldout) and retrieval (val) sets from the built-in shapes data."""
+def shapes_eval_data(image_size, num_examples, seed=0, context_length=77):
+    """Evaluation sets from the built-in shapes data.
+
+    Zero-shot classification (val and heldout splits) uses the single-object images: with two
+    objects the image alone cannot tell which one the caption names first, so "the class of
+    the first object" is not a well-posed label. Retrieval (val) uses every image and caption.
+
+    Returns ``(class_token_ids, zero_shot, retrieval, projector_sample)``.
+    """
     from keras_clip.data import shapes
     from keras_clip.preprocessing import CLIPImagePreprocessor
     from keras_clip.text.tokenizer import tokenize
 
     pre = CLIPImagePreprocessor(image_size=image_size)
-    names, prompts = shapes.class_prompts()
+    _, prompts = shapes.class_prompts()
     zero_shot, retrieval, sample = {}, {}, None
     for split in ("val", "heldout"):
-        data = shapes.generate_shapes(num_examples, split=split, image_size=image_size, seed=seed)
+        # About half the scenes have one object: draw twice as many to keep num_examples of them.
+        data = shapes.generate_shapes(2 * num_examples, split=split, image_size=image_size, seed=seed)
         images = pre(data["images"]).numpy()
-        zero_shot[split] = (images, shapes.labels(data["attributes"]))
+        single = np.array([len(a["objects"]) == 1 for a in data["attributes"]])
+        keep = np.flatnonzero(single)[:num_examples]
+        zero_shot[split] = (images[keep], shapes.labels(data["attributes"])[keep])
         if split == "val":
-            retrieval[split] = (images, tokenize(data["captions"]))
-            sample = (images[:200], retrieval[split][1][:200], data["captions"][:200])
-    return tokenize(prompts), zero_shot, retrieval, sample
+            ids = tokenize(data["captions"][:num_examples], context_length=context_length)
+            retrieval[split] = (images[:num_examples], ids)
+            sample = (images[:200], ids[:200], data["captions"][:200])
+    return tokenize(prompts, context_length=context_length), zero_shot, retrieval, sample
 
 
 def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
@@ -90,7 +101,7 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
         # exactly the batches an uninterrupted run would (one object reshuffles per iterator).
         return make_clip_dataset(data, batch_size, image_size=model.image_size, split="train",
                                  shuffle=True, seed=seed, num_examples=num_examples,
-                                 skip_counter=skip_counter)
+                                 context_length=model.context_length, skip_counter=skip_counter)
 
     dataset = stream()
     if steps_per_epoch is None:
@@ -109,7 +120,8 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
     start = backup.restore()
     callbacks = [backup, cb.SkipCountLogger(skip_counter)]
     if eval_examples and data == "shapes":
-        class_ids, zero_shot, retrieval, sample = _shapes_eval_data(model.image_size, eval_examples, seed)
+        class_ids, zero_shot, retrieval, sample = shapes_eval_data(
+            model.image_size, eval_examples, seed, model.context_length)
         callbacks.append(cb.ZeroShotEvaluation(class_ids, zero_shot, retrieval))
         callbacks.append(cb.EmbeddingProjector(logdir, *sample))
     callbacks += [

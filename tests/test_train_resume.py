@@ -83,13 +83,16 @@ def _write_tfrecord(path, num=200, bad_images=(17, 123), empty_caption=50):
 def test_training_on_data_with_corrupt_records_completes_and_counts_them(tmp_path):
     shard = tmp_path / "00000.tfrecord"
     _write_tfrecord(shard)
-    cmd = _cmd(tmp_path / "logs", tmp_path / "m.keras", "--data", str(shard), "--epochs", "1")
+    # 197 good records = 12 batches of 16 per pass; by the end of the second epoch the first
+    # pass has been read completely (the second may have been partly read ahead).
+    cmd = [sys.executable, "-m", "keras_clip.train", "--preset", "ViT-Tiny", "--data", str(shard),
+           "--epochs", "2", "--batch-size", "16", "--steps-per-epoch", "12", "--eval-examples", "0",
+           "--logdir", str(tmp_path / "logs"), "--output", str(tmp_path / "m.keras"), "--verbose", "0"]
     out = _run(cmd)
     assert (tmp_path / "m.keras").exists()
     final = dict(kv.split("=") for kv in out.strip().splitlines()[-1].split("final: ")[1].split(", "))
-    # Prefetching may read into the next pass over the shard, so counts are whole passes.
-    assert float(final["skipped_bad_image"]) >= 2 and float(final["skipped_bad_image"]) % 2 == 0
-    assert float(final["skipped_empty_caption"]) >= 1
+    assert 2 <= float(final["skipped_bad_image"]) <= 4
+    assert 1 <= float(final["skipped_empty_caption"]) <= 2
     assert "skipped records so far" in out
     events = list((tmp_path / "logs").rglob("events.out.tfevents*"))
     assert events, "no TensorBoard event file written"
