@@ -33,28 +33,34 @@ class ZeroShotEvaluation(keras.callbacks.Callback):
     """Adds zero-shot top-1 and image↔text retrieval R@1/5/10 to the epoch logs.
 
     Args:
-        class_token_ids: int32 (C, 77), one prompt per class.
-        zero_shot: {split name: (images, labels)} — normalised float images, int labels in [0, C).
+        classnames, templates: the zero-shot classifier (``keras_clip.zero_shot_classifier``:
+            template-ensembled class embeddings).
+        zero_shot: {split name: (images, labels)} — normalised float images, int labels into
+            ``classnames``.
         retrieval: {split name: (images, token_ids)} — row i of each is a matching pair.
 
     Placed before ``keras.callbacks.TensorBoard`` in the callback list, the values are written
     to TensorBoard as epoch scalars (``zero_shot_top1_<split>``, ``i2t_R@k_<split>``, ...).
     """
 
-    def __init__(self, class_token_ids, zero_shot=None, retrieval=None, batch_size=256, every=1):
+    def __init__(self, classnames, templates, zero_shot=None, retrieval=None, batch_size=256,
+                 every=1):
         super().__init__()
-        self.class_token_ids = np.asarray(class_token_ids, np.int32)
+        self.classnames = list(classnames)
+        self.templates = list(templates)
         self.zero_shot = zero_shot or {}
         self.retrieval = retrieval or {}
         self.batch_size = batch_size
         self.every = every
 
     def evaluate(self):
+        from keras_clip.zero_shot import zero_shot_classifier
+
         model, results = self.model, {}
-        classes = _encode(model.encode_text, self.class_token_ids, self.batch_size)
+        classifier = zero_shot_classifier(model, self.classnames, self.templates)  # (D, C)
         for name, (images, labels) in self.zero_shot.items():
             feats = _encode(model.encode_image, images, self.batch_size)
-            results[f"zero_shot_top1_{name}"] = float(np.mean((feats @ classes.T).argmax(1) == labels))
+            results[f"zero_shot_top1_{name}"] = float(np.mean((feats @ classifier).argmax(1) == labels))
         for name, (images, token_ids) in self.retrieval.items():
             img = _encode(model.encode_image, images, self.batch_size)
             txt = _encode(model.encode_text, token_ids, self.batch_size)

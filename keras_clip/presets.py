@@ -39,8 +39,8 @@ PRESETS = {
                     text_heads=2, text_layers=2),
     # The demo's captions are at most ~16 tokens: a 32-token context saves 60% of text compute.
     "ViT-S-Demo": dict(_TEXT_BASE, embed_dim=128, image_size=64, vision_layers=4,
-                       vision_width=128, vision_patch_size=8, vision_heads=4, text_width=128,
-                       text_heads=4, text_layers=4, context_length=32),
+                       vision_width=96, vision_patch_size=8, vision_heads=3, text_width=128,
+                       text_heads=4, text_layers=2, context_length=32),
 }
 
 # Parameter counts of the reference: open_clip 3.3.0, `sum(p.numel() for p in model.parameters())`

@@ -33,6 +33,10 @@ def save_atomic(model, path):
             os.remove(tmp)
 
 
+# Zero-shot prompts in the captions' own register ("a small red circle"), ensembled over sizes.
+SHAPES_TEMPLATES = ("a small {}", "a large {}")
+
+
 def shapes_eval_data(image_size, num_examples, seed=0, context_length=77):
     """Evaluation sets from the built-in shapes data.
 
@@ -40,14 +44,13 @@ def shapes_eval_data(image_size, num_examples, seed=0, context_length=77):
     objects the image alone cannot tell which one the caption names first, so "the class of
     the first object" is not a well-posed label. Retrieval (val) uses every image and caption.
 
-    Returns ``(class_token_ids, zero_shot, retrieval, projector_sample)``.
+    Returns ``(classnames, zero_shot, retrieval, projector_sample)``.
     """
     from keras_clip.data import shapes
     from keras_clip.preprocessing import CLIPImagePreprocessor
     from keras_clip.text.tokenizer import tokenize
 
     pre = CLIPImagePreprocessor(image_size=image_size)
-    _, prompts = shapes.class_prompts()
     zero_shot, retrieval, sample = {}, {}, None
     for split in ("val", "heldout"):
         # About half the scenes have one object: draw twice as many to keep num_examples of them.
@@ -60,7 +63,7 @@ def shapes_eval_data(image_size, num_examples, seed=0, context_length=77):
             ids = tokenize(data["captions"][:num_examples], context_length=context_length)
             retrieval[split] = (images[:num_examples], ids)
             sample = (images[:200], ids[:200], data["captions"][:200])
-    return tokenize(prompts, context_length=context_length), zero_shot, retrieval, sample
+    return shapes.class_names(), zero_shot, retrieval, sample
 
 
 def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
@@ -120,9 +123,9 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
     start = backup.restore()
     callbacks = [backup, cb.SkipCountLogger(skip_counter)]
     if eval_examples and data == "shapes":
-        class_ids, zero_shot, retrieval, sample = shapes_eval_data(
+        names, zero_shot, retrieval, sample = shapes_eval_data(
             model.image_size, eval_examples, seed, model.context_length)
-        callbacks.append(cb.ZeroShotEvaluation(class_ids, zero_shot, retrieval))
+        callbacks.append(cb.ZeroShotEvaluation(names, SHAPES_TEMPLATES, zero_shot, retrieval))
         callbacks.append(cb.EmbeddingProjector(logdir, *sample))
     callbacks += [
         keras.callbacks.TensorBoard(logdir, update_freq="epoch", profile_batch=(2, 4) if profile else 0),

@@ -61,7 +61,8 @@ def zero_shot_classifier(model, classnames, templates=None, batch_size=256, *, t
             80 OPENAI_IMAGENET_TEMPLATES.
         batch_size: prompts per ``encode_text`` call (prompts of different classes share
             batches).
-        tokenizer: ``texts -> int32 (B, 77)``; defaults to ``keras_clip.text.tokenizer.tokenize``.
+        tokenizer: ``texts -> int32 (B, L)``; defaults to ``keras_clip.tokenize`` with the
+            model's ``context_length``.
 
     Returns:
         float32 numpy (D, num_classes) with unit-norm columns.
@@ -70,7 +71,12 @@ def zero_shot_classifier(model, classnames, templates=None, batch_size=256, *, t
         >>> w = zero_shot_classifier(model, ["cat", "dog"], ["a photo of a {}."])   # (512, 2)
     """
     if tokenizer is None:
-        from keras_clip.text.tokenizer import tokenize as tokenizer
+        from keras_clip.text.tokenizer import tokenize
+
+        context_length = getattr(model, "context_length", 77)
+
+        def tokenizer(texts):
+            return tokenize(texts, context_length=context_length)
     templates = OPENAI_IMAGENET_TEMPLATES if templates is None else templates
     if isinstance(templates, str) or callable(templates):
         templates = [templates]
