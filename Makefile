@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 REF_VENV ?= .venv-ref
 REF_STAMP := $(REF_VENV)/.installed-stamp
 
-.PHONY: install test test-slow test-ref demo clean
+.PHONY: install test test-slow test-ref demo demo-clip demo-clip-train clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,8 +37,18 @@ $(REF_STAMP): setup.py
 test-ref: $(REF_STAMP)
 	$(REF_VENV)/bin/python -m pytest -q -m torch $(PYTEST_ARGS) tests
 
-demo: $(STAMP)
+# The demo: the CLIP inference tour, then a short CLIP training run on the built-in shapes data
+# (TensorBoard logs and the .keras model land in runs/demo/).
+demo: demo-clip demo-clip-train
+
+demo-clip: $(STAMP)
 	$(PY) -m keras_clip.demo
+
+demo-clip-train: $(STAMP)
+	rm -rf runs/demo/clip  # a fresh run each time (the backup there would resume the last one)
+	$(PY) -m keras_clip.train --preset ViT-S-Demo --data shapes --epochs 3 --steps-per-epoch 40 \
+		--batch-size 128 --lr 1e-3 --warmup-steps 20 --eval-examples 300 \
+		--logdir runs/demo/clip --output runs/demo/clip.keras --verbose 2
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
