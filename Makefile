@@ -46,8 +46,8 @@ demo-clip: $(STAMP)
 
 demo-clip-train: $(STAMP)
 	rm -rf runs/demo/clip  # a fresh run each time (the backup there would resume the last one)
-	$(PY) -m keras_clip.train --preset ViT-S-Demo --data shapes --epochs 3 --steps-per-epoch 40 \
-		--batch-size 128 --lr 1e-3 --warmup-steps 20 --eval-examples 300 \
+	$(PY) -m keras_clip.train --preset ViT-S-Demo --data shapes --epochs 8 --steps-per-epoch 60 \
+		--batch-size 128 --lr 1e-3 --warmup-steps 30 --eval-examples 500 \
 		--logdir runs/demo/clip --output runs/demo/clip.keras --verbose 2
 
 clean:

@@ -33,8 +33,10 @@ class ZeroShotEvaluation(keras.callbacks.Callback):
     """Adds zero-shot top-1 and image↔text retrieval R@1/5/10 to the epoch logs.
 
     Args:
-        classnames, templates: the zero-shot classifier (``keras_clip.zero_shot_classifier``:
-            template-ensembled class embeddings).
+        classnames, templates: the zero-shot classifier (``keras_clip.zero_shot_classifier``).
+        ensemble: "mean" — OpenAI's recipe, one renormalised mean embedding per class; "max" —
+            one prototype per (class, template), a class scores its best template (for templates
+            that describe different-looking members of a class, e.g. small and large shapes).
         zero_shot: {split name: (images, labels)} — normalised float images, int labels into
             ``classnames``.
         retrieval: {split name: (images, token_ids)} — row i of each is a matching pair.
@@ -44,10 +46,13 @@ class ZeroShotEvaluation(keras.callbacks.Callback):
     """
 
     def __init__(self, classnames, templates, zero_shot=None, retrieval=None, batch_size=256,
-                 every=1):
+                 every=1, ensemble="mean"):
         super().__init__()
+        if ensemble not in ("mean", "max"):
+            raise ValueError(f"ensemble must be 'mean' or 'max', got {ensemble!r}")
         self.classnames = list(classnames)
         self.templates = list(templates)
+        self.ensemble = ensemble
         self.zero_shot = zero_shot or {}
         self.retrieval = retrieval or {}
         self.batch_size = batch_size
@@ -57,10 +62,14 @@ class ZeroShotEvaluation(keras.callbacks.Callback):
         from keras_clip.zero_shot import zero_shot_classifier
 
         model, results = self.model, {}
-        classifier = zero_shot_classifier(model, self.classnames, self.templates)  # (D, C)
+        if self.ensemble == "mean":
+            classifiers = [zero_shot_classifier(model, self.classnames, self.templates)]
+        else:
+            classifiers = [zero_shot_classifier(model, self.classnames, [t]) for t in self.templates]
         for name, (images, labels) in self.zero_shot.items():
             feats = _encode(model.encode_image, images, self.batch_size)
-            results[f"zero_shot_top1_{name}"] = float(np.mean((feats @ classifier).argmax(1) == labels))
+            scores = np.max([feats @ c for c in classifiers], axis=0)  # (N, C)
+            results[f"zero_shot_top1_{name}"] = float(np.mean(scores.argmax(1) == labels))
         for name, (images, token_ids) in self.retrieval.items():
             img = _encode(model.encode_image, images, self.batch_size)
             txt = _encode(model.encode_text, token_ids, self.batch_size)

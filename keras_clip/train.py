@@ -33,7 +33,9 @@ def save_atomic(model, path):
             os.remove(tmp)
 
 
-# Zero-shot prompts in the captions' own register ("a small red circle"), ensembled over sizes.
+# Zero-shot prompts in the captions' own register ("a small red circle"). Small and large
+# shapes look different, so each size is its own prototype (ensemble="max"): averaging the two
+# embeddings gave 20-30% top-1 where the per-size prototypes gave 88% on the same model.
 SHAPES_TEMPLATES = ("a small {}", "a large {}")
 
 
@@ -125,7 +127,8 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
     if eval_examples and data == "shapes":
         names, zero_shot, retrieval, sample = shapes_eval_data(
             model.image_size, eval_examples, seed, model.context_length)
-        callbacks.append(cb.ZeroShotEvaluation(names, SHAPES_TEMPLATES, zero_shot, retrieval))
+        callbacks.append(cb.ZeroShotEvaluation(names, SHAPES_TEMPLATES, zero_shot, retrieval,
+                                               ensemble="max"))
         callbacks.append(cb.EmbeddingProjector(logdir, *sample))
     callbacks += [
         keras.callbacks.TensorBoard(logdir, update_freq="epoch", profile_batch=(2, 4) if profile else 0),
