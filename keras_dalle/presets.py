@@ -6,9 +6,25 @@ hyper-parameters that go with each (`TRAINING_PRESETS`, used by `keras_dalle.tra
   paper's τ / β schedules. Training hyper-parameters from the paper's appendix A.2 (AdamW
   β = (0.9, 0.999), ε = 1e-8, weight decay 1e-4, step size 1e-4 cosine-annealed to 1.25e-6,
   batch 512, 3M updates) — this is what the paper says, it is not runnable on a CPU.
-* "dvae-shapes": a small model for the built-in shapes data (`keras_clip.data.shapes`),
-  64×64 → 16×16 tokens, K = 512, trained in a few minutes on a CPU. The schedules are the
-  paper's compressed to a short run (see the comments in the table for the measurements).
+* "dvae-shapes": a small model for the built-in shapes data (`keras_clip.data.shapes`):
+  64×64 → 16×16 tokens, K = 512, n_hid 16 (~93k parameters); about 5 minutes on 2 shared CPU
+  cores for 1,100 updates of batch 8. It departs from the paper in two documented ways, because
+  the paper's recipe does not get there in a few minutes on this data (measured, same model):
+    - the logit-Laplace loss learns these flat-colour images slowly — an L1 in logit space
+      predicts the background (the median) until it is sure of an object pixel: 18.8 dB
+      held-out PSNR after 500 updates (a plain softmax autoencoder with the same loss: 19.6 dB
+      after 400, and it diverged later), against 23.3 dB with the Gaussian loss at equal steps;
+      so it uses `reconstruction_loss="gaussian"` (σ = 0.03 in mapped-pixel units);
+    - the codebook collapses to ~10–30 of 512 codes (β from 1 to 6.6, warm-up or not): the
+      decoder reconstructs edges from the spatial layout of a handful of codes. The usage part of
+      the KL term gets extra weight (`marginal_kl_weight` 150), which keeps q spread early.
+  β is the paper's 6.6 scaled by tokens per pixel (48 values per token here, 192 in the paper:
+  6.6 · 48 / 192 = 1.65), warmed up over 100 updates; τ 1 → 1/16 over the whole run.
+  Measured (`python -m keras_dalle.train_vae --data shapes --preset dvae-shapes --logdir ...`,
+  seed 0, 1,100 updates): held-out PSNR 25.8 dB of the argmax-token reconstructions and 59.4%
+  of the codes used (304 / 512) over the 1,000 "heldout" images; fit 289 s including the
+  per-epoch held-out callback, 5 min 7 s for the whole command, with the 2 cores shared
+  (load 3–4). Targets: ≥ 25 dB and ≥ 50%.
 * "dvae-tiny": for tests (16×16 → 8×8 tokens, K = 16).
 
 Example:
@@ -34,9 +50,11 @@ PRESETS = {
     "dvae-shapes": dict(image_size=64, num_channels=3, n_hid=16, group_count=3,
                         n_blk_per_group=1, vocab_size=512, n_init=32, output_channels=6,
                         training_schedule=dict(temperature_start=1.0, temperature_end=1.0 / 16.0,
-                                               temperature_steps=300, kl_weight_start=0.0,
-                                               kl_weight_end=1.0, kl_warmup_steps=150),
-                        codebook_usage_window=20),
+                                               temperature_steps=1_100, kl_weight_start=0.0,
+                                               kl_weight_end=1.65, kl_warmup_steps=100,
+                                               marginal_kl_weight=150.0),
+                        codebook_usage_window=50, reconstruction_loss="gaussian",
+                        reconstruction_sigma=0.03),
     "dvae-tiny": dict(image_size=16, num_channels=3, n_hid=8, group_count=2, n_blk_per_group=1,
                       vocab_size=16, n_init=4, output_channels=6,
                       training_schedule=dict(temperature_steps=20, kl_warmup_steps=10),
@@ -52,8 +70,8 @@ TRAINING_PRESETS = {
                    steps_per_epoch=10_000, epochs=300),
     "dvae-shapes": dict(optimizer=dict(learning_rate=2e-3, beta_1=0.9, beta_2=0.999,
                                        epsilon=1e-8, weight_decay=1e-4),
-                        final_learning_rate_fraction=0.1, batch_size=16, steps_per_epoch=100,
-                        epochs=3),
+                        final_learning_rate_fraction=0.1, batch_size=8, steps_per_epoch=220,
+                        epochs=5),
     "dvae-tiny": dict(optimizer=dict(learning_rate=1e-3, weight_decay=1e-4),
                       final_learning_rate_fraction=1.0, batch_size=8, steps_per_epoch=5,
                       epochs=1),

@@ -1,7 +1,11 @@
-"""Train a DALL·E discrete VAE with `model.fit` (the paper's recipe; see `keras_dalle.vae`).
+"""Train a DALL·E discrete VAE with `model.fit` (recipe and options: `keras_dalle.vae`).
 
-    python -m keras_dalle.train_vae --data shapes --preset dvae-shapes --epochs 3 \\
-        --batch-size 16 --steps-per-epoch 100 --logdir logs/dvae --out dvae-shapes.keras
+    python -m keras_dalle.train_vae --data shapes --preset dvae-shapes --epochs 5 \\
+        --batch-size 8 --steps-per-epoch 220 --logdir logs/dvae --out dvae-shapes.keras
+
+(those are the preset's defaults: ~5 minutes on 2 CPU cores, held-out PSNR 25.8 dB, 59% of
+the 512 codes used; see `keras_dalle.presets`). At the end it prints the held-out PSNR of the
+argmax-token reconstructions and the codebook usage.
 
 `--data shapes` trains on the built-in shapes images (`keras_clip.data.shapes`, "train" split;
 held-out: the "heldout" split, whose colour–shape pairs never occur in training). `--data PATH`
@@ -114,6 +118,9 @@ def save_model_atomic(model, path):
     os.close(fd)
     try:
         model.save(tmp, overwrite=True)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -127,7 +134,7 @@ def save_model_atomic(model, path):
 
 def train_vae(data="shapes", preset="dvae-shapes", epochs=None, batch_size=None,
               steps_per_epoch=None, learning_rate=None, logdir=None, out=None,
-              num_train_examples=None, heldout_examples=512, resume=None, strategy=None,
+              num_train_examples=None, heldout_examples=1000, resume=None, strategy=None,
               seed=0, verbose="auto", model_overrides=None, callbacks=None):
     """Trains a `DiscreteVAE` from a preset and returns a result dict.
 
@@ -137,8 +144,9 @@ def train_vae(data="shapes", preset="dvae-shapes", epochs=None, batch_size=None,
             defaults for `epochs`, `batch_size`, `steps_per_epoch` and the optimizer.
         learning_rate: peak learning rate (AdamW, cosine decay over the whole run to
             `final_learning_rate_fraction` of it).
-        logdir: TensorBoard directory (scalars per epoch under train/ and validation-free
-            reconstructions/: image grid and held-out PSNR / usage).
+        logdir: TensorBoard directory: the epoch scalars (`keras.callbacks.TensorBoard`,
+            logdir/train) and, per epoch, an image grid of held-out originals vs
+            reconstructions plus held-out PSNR / codebook usage (logdir/reconstructions).
         out: `.keras` path; written atomically at the end.
         num_train_examples: shapes images to generate for training (default 20,000) / file
             images to use (default: all after the held-out ones).
@@ -195,7 +203,7 @@ def train_vae(data="shapes", preset="dvae-shapes", epochs=None, batch_size=None,
 
     start = time.perf_counter()
     history = vae.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=cbs,
-                      verbose=verbose)
+                      verbose=verbose, shuffle=False)  # the dataset is already shuffled
     train_seconds = time.perf_counter() - start
 
     stats = evaluate_reconstruction(vae, heldout) if heldout is not None else None
@@ -223,7 +231,7 @@ def _parser():
     p.add_argument("--learning-rate", type=float, default=None,
                    help="peak AdamW learning rate (cosine decay); default: the preset's")
     p.add_argument("--num-train-examples", type=int, default=None)
-    p.add_argument("--heldout-examples", type=int, default=512)
+    p.add_argument("--heldout-examples", type=int, default=1000)
     p.add_argument("--logdir", default=None, help="TensorBoard log directory")
     p.add_argument("--out", default=None, help="output .keras file (written atomically)")
     p.add_argument("--resume", default=None, help="continue training a saved .keras model")

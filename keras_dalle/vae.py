@@ -776,9 +776,8 @@ class DiscreteVAE(keras.Model):
         """Configures training. The model computes its own loss: pass only the optimizer (and
         e.g. `jit_compile`, `steps_per_execution`); `loss` / `metrics` must be None."""
         if loss is not None:
-            raise ValueError("DiscreteVAE computes its own loss (logit-Laplace reconstruction + "
-                             "β·KL to the uniform prior); call compile(optimizer=...) without "
-                             "`loss`")
+            raise ValueError("DiscreteVAE computes its own loss (reconstruction NLL + β·KL to "
+                             "the uniform prior); call compile(optimizer=...) without `loss`")
         if metrics:
             raise ValueError("DiscreteVAE tracks its own metrics (reconstruction_loss, kl, "
                              "temperature, kl_weight, psnr, perplexity, codebook_usage); "
@@ -786,8 +785,9 @@ class DiscreteVAE(keras.Model):
         for name in ("loss_weights", "weighted_metrics"):
             if kwargs.get(name):
                 raise ValueError(f"DiscreteVAE.compile does not take `{name}`")
-        if self.output_channels < 2 * self.num_channels:
-            raise ValueError(f"training needs output_channels >= 2·num_channels "
+        if self.reconstruction_loss == "logit_laplace" and \
+                self.output_channels < 2 * self.num_channels:
+            raise ValueError(f"logit-Laplace training needs output_channels >= 2·num_channels "
                              f"({2 * self.num_channels}: μ and ln b per image channel), got "
                              f"{self.output_channels}")
         self._ensure_built()  # so the optimizer sees every variable (fit never calls build)

@@ -194,7 +194,7 @@ def fitted(tmp_path_factory):
     vae = _fit_vae()
     cb = VAEReconstructionCallback(logdir, images=images[:6], heldout=images[:24], batch_size=8,
                                    columns=3)
-    history = vae.fit(ds.batch(16), epochs=6, verbose=0, callbacks=[cb]).history
+    history = vae.fit(ds.batch(16), epochs=6, verbose=0, callbacks=[cb], shuffle=False).history
     evaluation = vae.evaluate(ds.batch(32), verbose=0, return_dict=True)
     return dict(vae=vae, history=history, evaluation=evaluation, logdir=logdir, callback=cb,
                 images=images)
@@ -319,8 +319,6 @@ def test_evaluate_reconstruction_matches_encode_decode():
 
 
 def _summaries(logdir):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     tags = {}
     for path in glob.glob(os.path.join(logdir, "**", "events.out.tfevents.*"), recursive=True):
         for event in tf.compat.v1.train.summary_iterator(path):
@@ -378,6 +376,9 @@ def test_train_vae_cli_on_shapes(tmp_path, capsys):
     assert "trained 2 steps" in text
     assert "held-out (8 images): PSNR" in text and "codebook usage" in text
     assert out.exists() and os.listdir(out.parent) == ["vae.keras"]  # no temp files left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(out).st_mode & 0o777 == 0o666 & ~umask
     loaded = keras.saving.load_model(str(out))
     assert loaded.image_size == 16 and int(loaded.optimizer.iterations.numpy()) == 2
     tags = _summaries(str(logdir))
@@ -436,3 +437,35 @@ def test_gaussian_reconstruction_option():
         DiscreteVAE(**TINY, reconstruction_loss="l2")
     with pytest.raises(ValueError, match="reconstruction_sigma"):
         DiscreteVAE(**TINY, reconstruction_sigma=0)
+
+
+def test_loss_includes_weighted_marginal_kl():
+    vae = DiscreteVAE(**TINY, training_schedule=dict(marginal_kl_weight=3.0))
+    images = _blocks(2)
+    terms = vae.compute_loss_terms(images, 1.0, 0.5, relaxed=False)
+    expected = (_np(terms["reconstruction_loss"]) + 0.5 * _np(terms["kl"])
+                + 3.0 * float(_np(marginal_kl(terms["logits"]))))
+    np.testing.assert_allclose(_np(terms["loss"]), expected, rtol=1e-5)
+
+
+def test_file_data_is_decoded_resized_and_split(tmp_path):
+    """A TSV of image files (readers): held-out = the first images, training = the rest."""
+    pytest.importorskip("keras_clip.data.readers")
+    from PIL import Image
+
+    from keras_dalle.train_vae import heldout_images, vae_dataset
+
+    rows = ["filepath\ttitle"]
+    for i in range(5):
+        pixels = np.full((24, 40, 3), 40 * i, np.uint8)  # non-square: resized + centre-cropped
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png\timage {i}")
+    (tmp_path / "data.tsv").write_text("\n".join(rows) + "\n")
+    source = str(tmp_path / "data.tsv")
+    held = heldout_images(source, image_size=16, num_examples=2)
+    assert held.shape == (2, 16, 16, 3) and held.dtype == np.float32
+    np.testing.assert_allclose(held[:, 8, 8, 0], [0.0, 40 / 255], atol=1e-6)
+    ds = vae_dataset(source, batch_size=3, image_size=16, skip=2, repeat=False, shuffle=False)
+    batches = [b.numpy() for b in ds]
+    assert len(batches) == 1 and batches[0].shape == (3, 16, 16, 3)
+    np.testing.assert_allclose(batches[0][:, 0, 0, 0], np.array([80, 120, 160]) / 255, atol=1e-6)
