@@ -11,11 +11,11 @@ CLI:
 import argparse
 import os
 import re
-import tempfile
 
 import numpy as np
 
 from keras_clip.model import CLIP
+from keras_clip.saving import save_model_atomic
 from keras_clip.presets import get_preset
 
 # Keys in reference checkpoints that carry no weights of ours.
@@ -262,16 +262,7 @@ def main(argv=None):
         parser.error(f"output must end in .keras, got {args.output}")
     overrides = {"activation": args.activation} if args.activation else {}
     model = load_pretrained(args.checkpoint, preset=args.preset, **overrides)
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    # Write next to the target and rename, so an existing file is never left half-written.
-    fd, tmp = tempfile.mkstemp(suffix=".keras", prefix=".tmp-", dir=out_dir)
-    os.close(fd)
-    try:
-        model.save(tmp)
-        os.replace(tmp, args.output)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_model_atomic(model, args.output)
     print(f"Wrote {args.output} ({model.count_params():,} parameters)")
 
 

@@ -16,21 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_clip import callbacks as cb
+from keras_clip.saving import save_model_atomic
 from keras_clip.strategy import STRATEGIES, is_chief, make_strategy
-
-
-def save_atomic(model, path):
-    """``model.save(path)`` through a temporary file in the same folder and a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".keras", prefix=".tmp-", dir=folder)
-    os.close(fd)
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # Zero-shot prompts in the captions' own register ("a small red circle"). Small and large
@@ -154,7 +141,7 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
             history.setdefault(k, []).extend(v)
     history["train_seconds"] = time.time() - t0
     if output and chief:
-        save_atomic(model, output)
+        save_model_atomic(model, output)
     return model, history
 
 

@@ -18,15 +18,14 @@ The library function is `train_vae(...)`; the CLI only parses arguments.
 """
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_clip.saving import save_model_atomic
 from keras_dalle.presets import PRESETS, dvae_from_preset, get_training_preset
 from keras_dalle.vae import DiscreteVAE
 from keras_dalle.vae_callbacks import (VAEReconstructionCallback, as_unit_images,
@@ -100,33 +99,6 @@ def heldout_images(data, image_size, num_examples, seed=0):
     if not images:
         raise ValueError(f"no decodable images in {data!r}")
     return np.stack(images)
-
-
-# ----------------------------------------------------------------------------------------------
-# Saving
-
-def save_model_atomic(model, path):
-    """Saves `model` to `path` (.keras) atomically: a temporary file in the same directory,
-    then `os.replace`, so readers never see a partial file."""
-    path = os.fspath(path)
-    if not path.endswith(".keras"):
-        raise ValueError(f"the output path must end in .keras, got {path!r}")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path)[:-6] + ".", suffix=".keras",
-                               dir=folder)
-    os.close(fd)
-    try:
-        model.save(tmp, overwrite=True)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
 
 
 # ----------------------------------------------------------------------------------------------
