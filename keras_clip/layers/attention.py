@@ -32,7 +32,9 @@ class MultiHeadAttention(keras.layers.Layer):
 
     The attention core (what the mask or sparse pattern changes) is ``dot_product_attention``;
     callers pass a boolean mask. ``output_dim`` lets the output projection change the width,
-    as CLIP's ResNet AttentionPool2d does.
+    as CLIP's ResNet AttentionPool2d does. ``attention_kernel`` replaces the core for
+    self-attention: any Keras-serializable callable ``kernel(q, k, v) -> out`` on
+    (B, heads, T, d) tensors (DALL-E's row / column / conv patterns are such kernels).
 
     Example:
         >>> attn = MultiHeadAttention(num_heads=8)
@@ -40,11 +42,14 @@ class MultiHeadAttention(keras.layers.Layer):
         >>> y = attn(x[:, :1], context=x)     # single query against all tokens
     """
 
-    def __init__(self, num_heads, output_dim=None, use_bias=True, **kwargs):
+    def __init__(self, num_heads, output_dim=None, use_bias=True, attention_kernel=None, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.output_dim = output_dim
         self.use_bias = use_bias
+        if isinstance(attention_kernel, dict):
+            attention_kernel = keras.saving.deserialize_keras_object(attention_kernel)
+        self.attention_kernel = attention_kernel
 
     def build(self, query_shape, context_shape=None):
         width = query_shape[-1]
@@ -74,7 +79,13 @@ class MultiHeadAttention(keras.layers.Layer):
         q = self._split_heads(self.query(query))
         k = self._split_heads(self.key(context))
         v = self._split_heads(self.value(context))
-        y = dot_product_attention(q, k, v, attention_mask)  # (B, heads, Tq, d)
+        if self.attention_kernel is not None:
+            if attention_mask is not None:
+                raise ValueError("attention_mask cannot be combined with an attention_kernel; "
+                                 "the kernel defines which positions attend")
+            y = self.attention_kernel(q, k, v)  # (B, heads, Tq, d)
+        else:
+            y = dot_product_attention(q, k, v, attention_mask)  # (B, heads, Tq, d)
         y = ops.transpose(y, (0, 2, 1, 3))
         b, t = ops.shape(y)[0], ops.shape(y)[1]
         y = ops.reshape(y, (b, t, self.num_heads * self.head_dim))
@@ -82,5 +93,8 @@ class MultiHeadAttention(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_heads=self.num_heads, output_dim=self.output_dim, use_bias=self.use_bias)
+        kernel = self.attention_kernel
+        config.update(num_heads=self.num_heads, output_dim=self.output_dim, use_bias=self.use_bias,
+                      attention_kernel=None if kernel is None
+                      else keras.saving.serialize_keras_object(kernel))
         return config

@@ -34,7 +34,7 @@ class ResidualAttentionBlock(keras.layers.Layer):
     """
 
     def __init__(self, width, num_heads, mlp_ratio=4.0, activation="quick_gelu",
-                 layer_norm_epsilon=1e-5, **kwargs):
+                 layer_norm_epsilon=1e-5, attention_kernel=None, **kwargs):
         super().__init__(**kwargs)
         self.width = width
         self.num_heads = num_heads
@@ -44,7 +44,10 @@ class ResidualAttentionBlock(keras.layers.Layer):
         self._act = get_activation(activation)
         policy = self.dtype_policy
         self.ln_1 = layer_norm("ln_1", layer_norm_epsilon, policy)
-        self.attn = MultiHeadAttention(num_heads, name="attn", dtype=policy)
+        # The attention layer owns (and serializes) the kernel; see MultiHeadAttention.
+        self.attn = MultiHeadAttention(num_heads, attention_kernel=attention_kernel, name="attn",
+                                       dtype=policy)
+        self.attention_kernel = self.attn.attention_kernel
         self.ln_2 = layer_norm("ln_2", layer_norm_epsilon, policy)
         self.c_fc = keras.layers.Dense(int(width * mlp_ratio), name="c_fc", dtype=policy)
         self.c_proj = keras.layers.Dense(width, name="c_proj", dtype=policy)
@@ -65,7 +68,8 @@ class ResidualAttentionBlock(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(width=self.width, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
-                      activation=self.activation, layer_norm_epsilon=self.layer_norm_epsilon)
+                      activation=self.activation, layer_norm_epsilon=self.layer_norm_epsilon,
+                      attention_kernel=self.attn.get_config()["attention_kernel"])
         return config
 
 
