@@ -20,7 +20,8 @@ setup(
         "pillow",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-timeout", "scikit-image"],
+        "dev": ["pytest", "pytest-timeout", "scikit-image", "tensorflow-serving-api==2.21.*", "grpcio",
+                "ai-edge-litert"],
         "serving": ["tensorflow-serving-api==2.21.*", "grpcio"],
         "lite": ["ai-edge-litert"],
     },
