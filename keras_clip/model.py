@@ -109,7 +109,7 @@ class CLIP(keras.Model):
             return
         self.logit_scale = self.add_weight(
             name="logit_scale", shape=(), initializer=keras.initializers.Constant(self.logit_scale_init),
-            constraint=ClipLogitScale())
+            constraint=ClipLogitScale(), autocast=False)  # float32 logits under mixed precision
         self.visual.build()
         self.text.build()
         self.built = True
