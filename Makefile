@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 REF_VENV ?= .venv-ref
 REF_STAMP := $(REF_VENV)/.installed-stamp
 
-.PHONY: install test test-slow test-ref demo demo-clip demo-clip-train clean
+.PHONY: install test test-slow test-ref demo demo-clip demo-clip-train demo-dalle demo-dvae demo-serve clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,18 +37,32 @@ $(REF_STAMP): setup.py
 test-ref: $(REF_STAMP)
 	$(REF_VENV)/bin/python -m pytest -q -m torch $(PYTEST_ARGS) tests
 
-# The demo: the CLIP inference tour, then a short CLIP training run on the built-in shapes data
-# (TensorBoard logs and the .keras model land in runs/demo/).
-demo: demo-clip demo-clip-train
+# The demo, in three parts that also run alone (each trains what it needs if it is missing):
+#   demo-clip   the CLIP inference tour, then a small CLIP trained on the built-in shapes data
+#   demo-dalle  the shapes dVAE, then a small DALL-E on its tokens
+#   demo-serve  exports the trained models, serves them over gRPC and queries them
+# Outputs (TensorBoard logs, .keras models, exports) land in runs/demo/.
+DEMO := runs/demo
+
+demo: demo-clip demo-dalle demo-serve
 
 demo-clip: $(STAMP)
 	$(PY) -m keras_clip.demo
+	$(MAKE) --no-print-directory demo-clip-train
 
 demo-clip-train: $(STAMP)
-	rm -rf runs/demo/clip  # a fresh run each time (the backup there would resume the last one)
+	rm -rf $(DEMO)/clip  # a fresh run each time (the backup there would resume the last one)
 	$(PY) -m keras_clip.train --preset ViT-S-Demo --data shapes --epochs 8 --steps-per-epoch 60 \
 		--batch-size 128 --lr 1e-3 --warmup-steps 30 --eval-examples 500 \
-		--logdir runs/demo/clip --output runs/demo/clip.keras --verbose 2
+		--logdir $(DEMO)/clip --output $(DEMO)/clip.keras --verbose 2
+
+demo-dalle: $(STAMP)
+	$(MAKE) --no-print-directory demo-dvae
+
+demo-dvae: $(STAMP)
+	rm -rf $(DEMO)/dvae
+	$(PY) -m keras_dalle.train_vae --data shapes --preset dvae-shapes --logdir $(DEMO)/dvae \
+		--out $(DEMO)/dvae.keras --verbose 2
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
