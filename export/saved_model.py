@@ -1,0 +1,274 @@
+"""CLIP → SavedModel for TF Serving, on raw inputs (strings and encoded image bytes).
+
+Signatures (every input and output has a leading batch dimension, so TF Serving's batching can
+merge requests):
+
+* ``serving_default`` = ``encode_text``: ``texts`` tf.string [B] → ``embeddings`` float32 [B, D]
+* ``encode_image``: ``images`` tf.string [B] (encoded JPEG/PNG/GIF/BMP/WebP) → ``embeddings``
+* ``zero_shot``: ``images`` tf.string [B] + ``labels`` tf.string [B, C] (the candidate labels of
+  each image; "" marks padding and gets probability 0) → ``probabilities`` float32 [B, C]
+  (softmax over ``exp(logit_scale) · cosine``, the model's learned scale), ``label_index``
+  int64 [B] and ``label`` tf.string [B]. Each label is put into the export's prompt template
+  (default ``"a photo of a {}."``; ``--template "{}"`` uses the labels verbatim).
+
+Embeddings are L2-normalised. Texts are tokenised in the graph by ``CLIPTokenizer`` (TF core +
+TF Text ops; longer texts are truncated), images are decoded and preprocessed in the graph by
+``CLIPImagePreprocessor`` (OpenAI's preprocessing). Loading the SavedModel in Python needs
+``import tensorflow_text`` first (it registers the TF Text ops); stock tensorflow_model_server
+links TF Text's ops.
+
+The TF Serving layout ``BASE/<version>/{saved_model.pb, variables/, assets/, assets.extra/}`` is
+written atomically: everything goes into ``BASE/.tmp-<version>-<random>`` (a non-numeric name,
+which TF Serving ignores) and is renamed into place when complete.
+
+Example:
+    >>> path = export_clip(CLIP.from_preset("ViT-Tiny"), "models/clip")   # models/clip/1
+    $ python -m export.saved_model runs/demo/clip.keras --base-path models/clip
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+SIGNATURES = ("serving_default", "encode_text", "encode_image", "zero_shot")
+DEFAULT_TEMPLATE = "a photo of a {}."
+# Magic numbers of the formats tf.io.decode_image reads: checked up front so bad bytes fail with
+# a message naming the inputs instead of a decoder's error from inside a map_fn.
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+
+
+def _checked(x, *checks):
+    """``x`` behind ``checks`` (assert ops): the checks fail first, with their own message."""
+    with tf.control_dependencies(checks):
+        return tf.identity(x)
+
+
+def _check_batch(x, name):
+    return _checked(x, tf.debugging.assert_positive(
+        tf.size(x), message=f"{name}: empty batch (need at least one element along dimension 0)"))
+
+
+def _check_images(images):
+    """In-graph: every element must start like a JPEG/PNG/GIF/BMP/WebP file; returns
+    ``images`` behind the check (decoding is stateless, so it needs an explicit dependency)."""
+    head = tf.strings.substr(images, 0, 8)
+    ok = tf.zeros_like(images, tf.bool)
+    for magic in _IMAGE_MAGIC:
+        ok |= tf.equal(tf.strings.substr(head, 0, len(magic)), magic)
+    # WebP: "RIFF" <4 size bytes> "WEBP"
+    ok |= tf.equal(tf.strings.substr(images, 0, 4), b"RIFF") & \
+        tf.equal(tf.strings.substr(images, 8, 4), b"WEBP")
+    check = tf.debugging.Assert(tf.reduce_all(ok), [
+        "images: not an encoded image (expected JPEG, PNG, GIF, BMP or WebP bytes) at batch "
+        "indices", tf.reshape(tf.where(~ok), [-1])], summarize=16)
+    return _checked(images, check)
+
+
+class CLIPServingModule(tf.Module):
+    """The exported object: a CLIP model plus in-graph tokenizer and image preprocessing.
+
+    Example:
+        >>> module = CLIPServingModule(model)
+        >>> module.encode_text(tf.constant(["a red circle"]))["embeddings"].shape
+        TensorShape([1, 32])
+    """
+
+    def __init__(self, model, template=DEFAULT_TEMPLATE):
+        super().__init__(name="clip_serving")
+        from keras_clip.preprocessing import CLIPImagePreprocessor
+        from keras_clip.text.tokenizer import CLIPTokenizer, vocab_path
+
+        if template.count("{}") != 1:
+            raise ValueError(f"template must contain exactly one '{{}}' for the label, got "
+                             f"{template!r}")
+        self.model = model
+        self.template = template
+        context = model.context_length if model.text_encoder == "transformer" else 77
+        self.tokenizer = CLIPTokenizer(context_length=context, truncate=True)
+        self.preprocessor = CLIPImagePreprocessor(image_size=model.image_size)
+        # The tokenizer bakes its tables into the graph as constants; the BPE merges file is
+        # shipped as an asset anyway so the export carries the vocabulary it was built from.
+        self.vocab = tf.saved_model.Asset(vocab_path())
+        # Explicit tracking: Keras 3 variables are saved through the tf.Variables they wrap.
+        self.model_variables = [v.value if hasattr(v, "value") else v for v in model.variables]
+        self.template_parts = template.split("{}")
+
+        text_spec = tf.TensorSpec([None], tf.string, name="texts")
+        image_spec = tf.TensorSpec([None], tf.string, name="images")
+        label_spec = tf.TensorSpec([None, None], tf.string, name="labels")
+        # No jit_compile: XLA ops are not in stock tensorflow_model_server.
+        self.encode_text = tf.function(self._encode_text, input_signature=[text_spec])
+        self.encode_image = tf.function(self._encode_image, input_signature=[image_spec])
+        self.zero_shot = tf.function(self._zero_shot, input_signature=[image_spec, label_spec])
+
+    def _text_embeddings(self, texts):
+        emb = tf.cast(self.model.encode_text(self.tokenizer(texts)), tf.float32)
+        return tf.math.l2_normalize(emb, axis=-1, epsilon=1e-12)
+
+    def _image_embeddings(self, images):
+        images = _check_images(images)
+        emb = tf.cast(self.model.encode_image(self.preprocessor(images)), tf.float32)
+        return tf.math.l2_normalize(emb, axis=-1, epsilon=1e-12)
+
+    def _encode_text(self, texts):
+        texts = _check_batch(texts, "texts")
+        return {"embeddings": self._text_embeddings(texts)}
+
+    def _encode_image(self, images):
+        images = _check_batch(images, "images")
+        return {"embeddings": self._image_embeddings(images)}
+
+    def _zero_shot(self, images, labels):
+        images = _check_batch(images, "images")
+        real = tf.not_equal(labels, "")
+        labels = _checked(
+            labels,
+            tf.debugging.assert_equal(
+                tf.shape(labels)[0], tf.shape(images)[0],
+                message="labels must be [B, C]: one row of candidate labels per image"),
+            tf.debugging.assert_positive(tf.shape(labels)[1],
+                                         message="labels: no candidate labels (C = 0)"),
+            tf.debugging.Assert(tf.reduce_all(tf.reduce_any(real, axis=1)),
+                                ["labels: every image needs at least one non-empty label"]))
+        image_emb = self._image_embeddings(images)  # [B, D]
+        # Encode each distinct label once: rows usually repeat the same candidates.
+        unique, where = tf.unique(tf.reshape(labels, [-1]))
+        prompts = tf.strings.join([self.template_parts[0], unique, self.template_parts[1]])
+        text_emb = self._text_embeddings(prompts)  # [U, D]
+        cosine = tf.matmul(image_emb, text_emb, transpose_b=True)  # [B, U]
+        # Row b picks the columns of its own labels: [B, C].
+        cosine = tf.gather(cosine, tf.reshape(where, tf.shape(labels)), batch_dims=1)
+        scale = tf.exp(tf.cast(self.model.logit_scale, tf.float32))
+        logits = tf.where(real, scale * cosine, tf.constant(-np.inf, tf.float32))
+        probs = tf.nn.softmax(logits, axis=-1)
+        index = tf.argmax(probs, axis=-1)
+        return {"probabilities": probs, "label_index": index,
+                "label": tf.gather(labels, index, batch_dims=1)}
+
+    def signatures(self):
+        text = self.encode_text.get_concrete_function()
+        return {"serving_default": text, "encode_text": text,
+                "encode_image": self.encode_image.get_concrete_function(),
+                "zero_shot": self.zero_shot.get_concrete_function()}
+
+
+def existing_versions(base_path):
+    """Numeric version directories under ``base_path`` (sorted ints)."""
+    if not os.path.isdir(base_path):
+        return []
+    return sorted(int(d) for d in os.listdir(base_path)
+                  if d.isdigit() and os.path.isdir(os.path.join(base_path, d)))
+
+
+def _next_version(base_path, version, overwrite):
+    if version is None:
+        return (existing_versions(base_path) or [0])[-1] + 1
+    if int(version) != version or version < 1:
+        raise ValueError(f"version must be a positive integer, got {version!r}")
+    target = os.path.join(base_path, str(version))
+    if os.path.exists(target) and not overwrite:
+        raise FileExistsError(f"version {version} already exists at {target}; pick another "
+                              "--version or pass --overwrite")
+    return int(version)
+
+
+def write_version_atomic(base_path, version, write, overwrite=False):
+    """Run ``write(tmp_dir)`` then rename ``tmp_dir`` to ``base_path/<version>``.
+
+    The temporary directory is ``base_path/.tmp-<version>-<random>`` (same filesystem, so the
+    rename is atomic; not numeric, so TF Serving ignores it). On failure it is removed and no
+    version directory appears.
+    """
+    os.makedirs(base_path, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base_path)
+    target = os.path.join(base_path, str(version))
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; TF Serving may run as another user
+        if os.path.exists(target):
+            if not overwrite:
+                raise FileExistsError(f"version {version} appeared at {target} during the "
+                                      "export; not overwriting it")
+            # Overwrite: move the old version aside first so the new one lands atomically.
+            old = tempfile.mkdtemp(prefix=f".old-{version}-", dir=base_path)
+            os.rename(target, os.path.join(old, "v"))
+            os.rename(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def export_clip(model, base_path, version=None, overwrite=False, template=DEFAULT_TEMPLATE,
+                warmup=True, model_name="clip"):
+    """Export ``model`` (a ``keras_clip.CLIP``) to ``base_path/<version>``; returns that path.
+
+    ``version`` defaults to the largest existing version + 1 (1 for a new base path). An
+    existing version raises FileExistsError unless ``overwrite=True``. ``warmup=True`` writes
+    ``assets.extra/tf_serving_warmup_requests`` (one request per signature).
+
+    Example:
+        >>> export_clip(CLIP.from_preset("ViT-Tiny"), "models/clip")
+        'models/clip/1'
+    """
+    from export.serving_config import clip_warmup_requests, write_warmup_requests
+
+    base_path = os.fspath(base_path)
+    version = _next_version(base_path, version, overwrite)
+    module = CLIPServingModule(model, template=template)
+    signatures = module.signatures()
+
+    def write(tmp):
+        tf.saved_model.save(module, tmp, signatures=signatures,
+                            options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+        if warmup:
+            write_warmup_requests(tmp, clip_warmup_requests(model_name, model.image_size))
+
+    return write_version_atomic(base_path, version, write, overwrite=overwrite)
+
+
+def load_clip_model(path):
+    """Load a ``.keras`` CLIP (keras_clip classes registered)."""
+    import keras
+
+    import keras_clip  # noqa: F401  (registers the serializable classes)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no model file at {path}")
+    return keras.saving.load_model(path, compile=False)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m export.saved_model",
+        description="Export a CLIP .keras model as a TF Serving SavedModel version.")
+    parser.add_argument("model", help="CLIP .keras file")
+    parser.add_argument("--base-path", required=True, help="model base path, e.g. models/clip")
+    parser.add_argument("--version", type=int, default=None,
+                        help="version number (default: the largest existing + 1)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    parser.add_argument("--template", default=DEFAULT_TEMPLATE,
+                        help="zero-shot prompt template with one {} (default %(default)r)")
+    parser.add_argument("--no-warmup", action="store_true", help="skip assets.extra warmup file")
+    args = parser.parse_args(argv)
+    try:
+        model = load_clip_model(args.model)
+        path = export_clip(model, args.base_path, args.version, args.overwrite, args.template,
+                           warmup=not args.no_warmup,
+                           model_name=os.path.basename(os.path.normpath(args.base_path)))
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"exported {args.model} → {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
