@@ -7,8 +7,11 @@ each image token attends to all text tokens. Image → image attention differs:
 * ``"full"``: causal (key ≤ query).
 * ``"row"``: the image token at raster position p attends to raster positions p − w … p
   (w + 1 tokens, itself included; the farthest is the same column one row up).
-* ``"column"``: the row rule in column-major order: with p' = c·h + r the column-major index
-  of (r, c), keys with p' − h ≤ key' ≤ p'.
+* ``"column"``: the row rule in column-major order, kept causal in raster order: with
+  p' = c·h + r the column-major index of (r, c), keys with p' − h ≤ key' ≤ p' that also come
+  no later than the query in raster order. That is the tokens above in the same column and the
+  left neighbour (r, c − 1); the band's other keys — (r' > r, c − 1) — are later in the raster
+  order the image is generated in, and attending them would leak future tokens.
 * ``"conv"``: a causal kernel_size × kernel_size convolution with wraparound in raster order.
   With k2 = kernel_size // 2, image query p attends image key q iff d = p − q ≥ 0 and
   d ∈ {dr·w + dc : 0 ≤ dr ≤ k2, −k2 ≤ dc ≤ k2}. The offsets are raster offsets, not clipped at
@@ -74,7 +77,7 @@ def _image_offsets(pattern, grid_width, kernel_size):
     """Allowed raster offsets p − q for a translation-invariant pattern (row-major view)."""
     if pattern == "conv":
         return _conv_offsets(grid_width, kernel_size)
-    return list(range(grid_width + 1))  # "row" (and "column" in its transposed view)
+    return list(range(grid_width + 1))  # "row" (and, within it, "column" in its transposed view)
 
 
 def pattern_mask(pattern, text_len, grid_height, grid_width, kernel_size=11):
@@ -101,7 +104,7 @@ def pattern_mask(pattern, text_len, grid_height, grid_width, kernel_size=11):
         # Column-major index of raster position r·w + c is c·h + r.
         to_col = (np.arange(n) % w) * h + np.arange(n) // w
         d = to_col[:, None] - to_col[None, :]
-        image = (d >= 0) & (d <= h)
+        image = (d >= 0) & (d <= h) & (q <= p)
     else:
         image = np.isin(p - q, _image_offsets(pattern, w, kernel_size))
     mask[text_len:, text_len:] = image
@@ -181,7 +184,96 @@ class PatternAttention:
                     f"PatternAttention({self.pattern!r}) expects {name} of shape (B, heads, T, d) "
                     f"with T = text_len + grid_height*grid_width = {self.text_len} + "
                     f"{self.grid_height}*{self.grid_width} = {self.seq_len}, got {tuple(x.shape)}")
-        # TODO: the blocked sparse kernel; masked dense until then (same results).
-        mask = pattern_mask(self.pattern, self.text_len, self.grid_height, self.grid_width,
-                            self.kernel_size)
-        return dot_product_attention(q, k, v, ops.convert_to_tensor(mask))
+        if self.impl == "masked_dense" or self.pattern == "full":
+            # "full" is plain causal attention: nothing to skip beyond the causal half.
+            mask = pattern_mask(self.pattern, self.text_len, self.grid_height, self.grid_width,
+                                self.kernel_size)
+            return dot_product_attention(q, k, v, ops.convert_to_tensor(mask))
+        return self._sparse(q, k, v)
+
+    def _sparse(self, q, k, v):
+        tl, h, w = self.text_len, self.grid_height, self.grid_width
+        q = q * ops.cast(q.shape[-1] ** -0.5, q.dtype)
+        qi, ki, vi = q[:, :, tl:], k[:, :, tl:], v[:, :, tl:]  # (B, heads, h·w, d)
+        kt, vt = k[:, :, :tl], v[:, :, :tl]  # (B, heads, tl, d)
+        if self.pattern == "column":
+            # Column-major order turns the column pattern into the row pattern with h ↔ w.
+            qi, ki, vi = (_transpose_grid(x, h, w) for x in (qi, ki, vi))
+            h, w = w, h
+        out = _band_attention(qi, ki, vi, kt, vt, h, w, self._band_mask(h, w),
+                              _band_blocks(self.pattern, h, w, self.kernel_size))
+        if self.pattern == "column":
+            out = _transpose_grid(out, h, w)
+        if tl == 0:
+            return out
+        text_mask = ops.convert_to_tensor(np.tril(np.ones((tl, tl), dtype=bool)))
+        out_text = _dense_core(q[:, :, :tl], kt, vt, text_mask)  # (B, heads, tl, d)
+        return ops.concatenate([out_text, out], axis=2)
+
+    def _band_mask(self, h, w):
+        """Constant (h, w, text_len + (nb + 1)·w) mask of the joint text + local-block logits,
+        in the kernel's view of the image (column-major for "column": h, w already swapped).
+
+        Query (r, c) of row block r sees key (j, c') of the gathered blocks r − nb … r (j = 0 is
+        block r − nb) iff ``pattern_mask`` allows it; keys of blocks before the first are padding.
+        """
+        nb = _band_blocks(self.pattern, h, w, self.kernel_size)
+        image = pattern_mask(self.pattern, 0, self.grid_height, self.grid_width, self.kernel_size)
+        if self.pattern == "column":  # reorder rows and columns of the mask to column-major
+            order = np.arange(h * w).reshape(w, h).T.reshape(-1)  # raster index of each view index
+            image = image[np.ix_(order, order)]
+        query = np.arange(h * w).reshape(h, w, 1)
+        key = (np.arange(h)[:, None, None] - nb) * w + np.arange((nb + 1) * w)  # (h, 1, (nb+1)·w)
+        key = np.broadcast_to(key, (h, w, (nb + 1) * w))
+        local = (key >= 0) & image[query, np.maximum(key, 0)]
+        # Every key the pattern allows must lie in the gathered blocks.
+        assert local.sum() == image.sum(), "band too narrow for the pattern"
+        text = np.ones((h, w, self.text_len), dtype=bool)
+        return ops.convert_to_tensor(np.concatenate([text, local], axis=-1))
+
+
+def _dense_core(q_scaled, k, v, mask):
+    """``dot_product_attention`` for already-scaled queries."""
+    logits = ops.cast(ops.einsum("bhqd,bhkd->bhqk", q_scaled, k), "float32")
+    logits = ops.where(mask, logits, ops.full_like(logits, -1e30))
+    weights = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
+    return ops.einsum("bhqk,bhkd->bhqd", weights, v)
+
+
+def _transpose_grid(x, h, w):
+    """(B, heads, h·w, d) raster order → (B, heads, w·h, d) column-major order."""
+    heads, d = x.shape[1], x.shape[3]
+    x = ops.reshape(x, (-1, heads, h, w, d))
+    x = ops.transpose(x, (0, 1, 3, 2, 4))  # (B, heads, w, h, d)
+    return ops.reshape(x, (-1, heads, h * w, d))
+
+
+def _band_attention(qi, ki, vi, kt, vt, h, w, mask, nb):
+    """Image queries against all text keys and the image keys of their own row block and the
+    nb row blocks before it (one joint softmax); ``qi`` already scaled."""
+    heads, d = qi.shape[1], qi.shape[3]
+    tl = kt.shape[2]
+    qb = ops.reshape(qi, (-1, heads, h, w, d))  # (B, heads, h, w, d)
+
+    def padded_blocks(x):
+        # Blocks r − nb … r for every row r are slices of the block tensor padded in front.
+        x = ops.reshape(x, (-1, heads, h, w, d))
+        return ops.pad(x, [[0, 0], [0, 0], [nb, 0], [0, 0], [0, 0]])  # (B, heads, h+nb, w, d)
+
+    kp, vp = padded_blocks(ki), padded_blocks(vi)
+    logits = [ops.einsum("bhrqd,bhrkd->bhrqk", qb, kp[:, :, j:j + h]) for j in range(nb + 1)]
+    if tl:
+        text = ops.einsum("bhnd,bhtd->bhnt", qi, kt)  # (B, heads, h·w, tl)
+        logits.insert(0, ops.reshape(text, (-1, heads, h, w, tl)))
+    logits = ops.cast(ops.concatenate(logits, axis=-1), "float32")  # (B, heads, h, w, tl+(nb+1)w)
+    logits = ops.where(mask, logits, ops.full_like(logits, -1e30))
+    weights = ops.cast(ops.softmax(logits, axis=-1), vi.dtype)
+    out = 0
+    for j in range(nb + 1):
+        wj = weights[..., tl + j * w:tl + (j + 1) * w]  # (B, heads, h, w, w)
+        out = out + ops.einsum("bhrqk,bhrkd->bhrqd", wj, vp[:, :, j:j + h])
+    out = ops.reshape(out, (-1, heads, h * w, d))  # (B, heads, h·w, d)
+    if tl:
+        text_weights = ops.reshape(weights[..., :tl], (-1, heads, h * w, tl))
+        out = out + ops.einsum("bhnt,bhtd->bhnd", text_weights, vt)
+    return out
