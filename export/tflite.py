@@ -417,8 +417,10 @@ def measure_parity(model, part, interp, inputs=None):
 
 # ------------------------------------------------------------------------------------- export
 def export_tflite(model, part, variant, out, threshold=DEFAULT_THRESHOLD, force=False,
-                  representative="shapes"):
+                  representative="shapes", content=None):
     """Convert, measure parity, and write ``out`` only if min cosine ≥ threshold (or force).
+
+    ``content``: the part's .tflite bytes if already converted (by `convert`), to skip converting.
 
     Returns {"path", "part", "variant", "bytes", "ops", "parity", "passed"}.
     Raises ParityError (nothing written) when the parity check fails without ``force``.
@@ -431,7 +433,8 @@ def export_tflite(model, part, variant, out, threshold=DEFAULT_THRESHOLD, force=
     out = os.fspath(out)
     if not out.endswith(".tflite"):
         raise ValueError(f"the output path must end in .tflite, got {out!r}")
-    content = convert(model, part, variant, representative)
+    if content is None:
+        content = convert(model, part, variant, representative)
     folder = os.path.dirname(os.path.abspath(out))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(out)[:-7] + ".", suffix=".tflite",
