@@ -1,0 +1,71 @@
+"""DALL·E transformer presets: name → `keras_dalle.model.DALLE` constructor arguments (plain
+dicts), and `dalle_param_count(config)`, the parameter count of a config without building it.
+
+* "dalle-12b": the paper's transformer (Ramesh et al. 2021, appendix B.1): 64 layers, 62 heads of
+  64 (width 3968), 256 BPE text tokens (vocabulary 16384) then 32×32 image tokens (vocabulary
+  8192), the row / column / conv attention schedule. The paper does not say whether the output
+  layer shares the input embeddings; it is a GPT-3-style decoder, and GPT-2/3 tie them, so the
+  preset ties them (`tie_embeddings=True`): 12.186e9 parameters (12.0e9 in the paper, +1.6%). With
+  two separate output heads it would be 12.286e9 (+2.4%). The 12·d²·L of the 64 blocks alone is
+  12.092e9, so the paper's "12 billion" is a rounded figure either way.
+* "dalle-shapes": the demo on the built-in shapes data with the "dvae-shapes" dVAE (64×64 images
+  → 16×16 tokens, vocabulary 512) and the CLIP BPE tokenizer (vocabulary 49408; the shapes
+  captions are ≤ 15 tokens with SOT/EOT, so 64 text positions hold every caption), width 256,
+  4 layers, 4 heads.
+* "dalle-tiny": for tests (8 text tokens, 4×4 grid, width 32, 3 layers, small vocabularies).
+
+Example:
+    >>> from keras_dalle.dalle_presets import dalle_param_count, get_dalle_preset
+    >>> round(dalle_param_count(get_dalle_preset("dalle-12b")) / 1e9, 2)
+    12.19
+"""
+
+import copy
+
+__all__ = ["DALLE_PRESETS", "get_dalle_preset", "dalle_param_count"]
+
+DALLE_PRESETS = {
+    "dalle-12b": dict(text_len=256, grid_height=32, grid_width=32, text_vocab_size=16384,
+                      image_vocab_size=8192, width=3968, num_layers=64, num_heads=62,
+                      mlp_ratio=4.0, tie_embeddings=True),
+    "dalle-shapes": dict(text_len=64, grid_height=16, grid_width=16, text_vocab_size=49408,
+                         image_vocab_size=512, width=256, num_layers=4, num_heads=4,
+                         mlp_ratio=4.0, kernel_size=5),
+    "dalle-tiny": dict(text_len=8, grid_height=4, grid_width=4, text_vocab_size=64,
+                       image_vocab_size=16, width=32, num_layers=3, num_heads=4, mlp_ratio=4.0,
+                       kernel_size=3),
+}
+
+
+def get_dalle_preset(name):
+    """A (deep) copy of preset `name`'s `DALLE` config; ValueError naming the presets."""
+    if name not in DALLE_PRESETS:
+        raise ValueError(f"Unknown DALL·E preset {name!r}. Available presets: "
+                         f"{', '.join(DALLE_PRESETS)}")
+    return copy.deepcopy(DALLE_PRESETS[name])
+
+
+def dalle_param_count(config):
+    """Parameters of `DALLE(**config)` computed from the config alone (nothing is built).
+
+    Embeddings: text tokens (V_t·d), text positions and per-position pad embeddings (2·n·d),
+    image tokens (V_i·d), the start-of-image token (d), image rows and columns ((h + w)·d).
+    Each pre-LN block: two LayerNorms (4d), q/k/v/out projections with biases (4d² + 4d), the
+    MLP (d·m + m + m·d + d, m = int(d·mlp_ratio)). Final LayerNorm (2d). Output: two Dense heads
+    with biases (d·V_t + V_t + d·V_i + V_i), or none when `tie_embeddings` (the logits are the
+    hidden state times the token embeddings).
+    """
+    c = dict(DEFAULTS, **config)
+    d, n = c["width"], c["text_len"]
+    vt, vi = c["text_vocab_size"], c["image_vocab_size"]
+    m = int(d * c["mlp_ratio"])
+    embeddings = vt * d + 2 * n * d + vi * d + d + (c["grid_height"] + c["grid_width"]) * d
+    block = 4 * d + 4 * (d * d + d) + d * m + m + m * d + d
+    heads = 0 if c["tie_embeddings"] else d * vt + vt + d * vi + vi
+    return int(embeddings + c["num_layers"] * block + 2 * d + heads)
+
+
+# Constructor defaults the count depends on (kept in step with DALLE.__init__ by a test).
+DEFAULTS = dict(text_len=256, grid_height=32, grid_width=32, text_vocab_size=49408,
+                image_vocab_size=8192, width=512, num_layers=12, mlp_ratio=4.0,
+                tie_embeddings=False)
