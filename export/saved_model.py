@@ -259,8 +259,10 @@ def main(argv=None):
     parser.add_argument("--no-warmup", action="store_true", help="skip assets.extra warmup file")
     args = parser.parse_args(argv)
     try:
+        # Refuse an existing version before spending time on loading the model.
+        version = _next_version(args.base_path, args.version, args.overwrite)
         model = load_clip_model(args.model)
-        path = export_clip(model, args.base_path, args.version, args.overwrite, args.template,
+        path = export_clip(model, args.base_path, version, args.overwrite, args.template,
                            warmup=not args.no_warmup,
                            model_name=os.path.basename(os.path.normpath(args.base_path)))
     except (FileExistsError, FileNotFoundError, ValueError) as e:
