@@ -1,0 +1,103 @@
+"""dVAE decoder → SavedModel for TF Serving: token grids in, PNG bytes out.
+
+Signature ``serving_default`` = ``decode``: ``tokens`` int32 [B, h, w] (codebook ids in
+[0, vocab_size)) → ``images`` tf.string [B] (PNG bytes of the decoded h·f × w·f images).
+Out-of-range ids fail with an InvalidArgumentError naming the range. Written in the same atomic
+TF Serving layout as the CLIP export (``export.saved_model.write_version_atomic``).
+
+This is the seam for DALL·E: a ``generate`` signature (prompt → tokens → PNG) will reuse
+``DVAEServingModule._to_png``.
+
+Example:
+    >>> export_dvae(dvae_from_preset("dvae-tiny"), "models/dvae")
+    'models/dvae/1'
+    $ python -m export.dvae_saved_model runs/demo/dvae.keras --base-path models/dvae
+"""
+
+import argparse
+import os
+import sys
+
+import tensorflow as tf
+
+from export.saved_model import _next_version, write_version_atomic
+
+
+class DVAEServingModule(tf.Module):
+    """The exported object: ``decode(tokens) → PNG bytes``.
+
+    Example:
+        >>> DVAEServingModule(vae).decode(tf.zeros([1, 8, 8], tf.int32))["images"].shape
+        TensorShape([1])
+    """
+
+    def __init__(self, vae):
+        super().__init__(name="dvae_serving")
+        self.vae = vae
+        self.model_variables = [v.value if hasattr(v, "value") else v for v in vae.variables]
+        spec = tf.TensorSpec([None, None, None], tf.int32, name="tokens")
+        self.decode = tf.function(self._decode, input_signature=[spec])  # no XLA: stock server
+
+    def _to_png(self, images):
+        """float [B, H, W, C] in [0, 1] → PNG bytes [B]."""
+        pixels = tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0), tf.uint8)
+        return tf.map_fn(tf.io.encode_png, pixels, fn_output_signature=tf.TensorSpec([], tf.string))
+
+    def _decode(self, tokens):
+        vocab = self.vae.vocab_size
+        checks = [
+            tf.debugging.assert_positive(tf.size(tokens), message="tokens: empty batch or grid"),
+            tf.debugging.assert_non_negative(tokens, message="tokens: ids must be >= 0"),
+            tf.debugging.assert_less(tokens, vocab,
+                                     message=f"tokens: ids must be < vocab_size ({vocab})"),
+        ]
+        with tf.control_dependencies(checks):
+            tokens = tf.identity(tokens)
+        return {"images": self._to_png(tf.cast(self.vae.decode(tokens), tf.float32))}
+
+
+def export_dvae(vae, base_path, version=None, overwrite=False):
+    """Export ``vae`` (a ``keras_dalle.vae.DiscreteVAE``) to ``base_path/<version>``."""
+    from export.serving_config import predict_request, write_warmup_requests
+
+    base_path = os.fspath(base_path)
+    version = _next_version(base_path, version, overwrite)
+    module = DVAEServingModule(vae)
+    fn = module.decode.get_concrete_function()
+    grid = vae.token_grid_size
+    name = os.path.basename(os.path.normpath(base_path))
+
+    def write(tmp):
+        tf.saved_model.save(module, tmp, signatures={"serving_default": fn, "decode": fn})
+        write_warmup_requests(tmp, [predict_request(name, "decode", {
+            "tokens": tf.zeros([1, grid, grid], tf.int32).numpy()})])
+
+    return write_version_atomic(base_path, version, write, overwrite=overwrite)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m export.dvae_saved_model",
+                                     description="Export a dVAE .keras decoder for TF Serving.")
+    parser.add_argument("model", help="DiscreteVAE .keras file")
+    parser.add_argument("--base-path", required=True)
+    parser.add_argument("--version", type=int, default=None)
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        version = _next_version(args.base_path, args.version, args.overwrite)
+        if not os.path.exists(args.model):
+            raise FileNotFoundError(f"no model file at {args.model}")
+        import keras
+
+        import keras_dalle.vae  # noqa: F401  (registers the serializable classes)
+        vae = keras.saving.load_model(args.model, compile=False)
+        path = export_dvae(vae, args.base_path, version, args.overwrite)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"exported {args.model} → {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
