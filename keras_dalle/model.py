@@ -210,7 +210,7 @@ class DALLE(keras.Model):
         shape = tuple(getattr(x, "shape", np.shape(x)))
         if not any(len(shape) == len(e) and all(s is None or s == t for s, t in zip(shape[1:], e[1:]))
                    for e in expected_shapes):
-            wanted = " or ".join(str(tuple("B" if t is None else t for t in e))
+            wanted = " or ".join("(" + ", ".join("B" if t is None else str(t) for t in e) + ")"
                                  for e in expected_shapes)
             raise ValueError(f"{name} must have shape {wanted}, got {shape}")
         if not hasattr(x, "dtype"):

@@ -1,0 +1,296 @@
+"""DALL·E transformer: stream layout, pads, loss, causality, sparse = dense, training, saving,
+parameter counts, MirroredStrategy equivalence, input errors."""
+
+import inspect
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_dalle.dalle_presets import DEFAULTS, dalle_param_count, get_dalle_preset
+from keras_dalle.model import DALLE
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "tests", "scripts", "dalle_sgd_step.py")
+N_TEXT, H, W, VT, VI = 8, 4, 4, 64, 16  # dalle-tiny
+
+
+def _batch(seed=0, batch=2, pads_from=5):
+    rng = np.random.default_rng(seed)
+    text = rng.integers(1, VT, (batch, N_TEXT)).astype("int32")
+    text[:, pads_from:] = 0
+    image = rng.integers(0, VI, (batch, H, W)).astype("int32")
+    return text, image
+
+
+def _logits(model, text, image):
+    out = model({"text_token_ids": text, "image_tokens": image})
+    return out["text_logits"].numpy(), out["image_logits"].numpy()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    keras.utils.set_random_seed(0)
+    model = DALLE.from_preset("dalle-tiny")
+    # Random (not near-zero) embeddings so that every input visibly moves the outputs.
+    for seed, w in enumerate((model.pad_embedding, model.text_token_embedding,
+                              model.image_token_embedding)):
+        w.assign(np.random.default_rng(seed).normal(size=w.shape).astype("float32"))
+    return model
+
+
+def test_output_shapes_and_per_modality_heads(tiny):
+    text, image = _batch()
+    text_logits, image_logits = _logits(tiny, text, image)
+    assert text_logits.shape == (2, N_TEXT - 1, VT) and text_logits.dtype == np.float32
+    assert image_logits.shape == (2, H * W, VI)
+    # A flat [B, h·w] grid in raster order is the same input.
+    np.testing.assert_allclose(_logits(tiny, text, image.reshape(2, -1))[1], image_logits,
+                               atol=1e-6)
+    assert tiny.sequence_length == N_TEXT + H * W
+
+
+def test_pad_embedding_replaces_token_embedding_at_pad_positions():
+    keras.utils.set_random_seed(0)
+    model = DALLE.from_preset("dalle-tiny")
+    text, image = _batch(pads_from=5)
+    base = _logits(model, text, image)
+    # A random direction (a constant shift would vanish in the LayerNorms).
+    delta = np.random.default_rng(2).normal(size=model.width).astype("float32")
+    emb = model.text_token_embedding.numpy()
+    # The pad id's token embedding is not used where the token is a pad …
+    changed = emb.copy()
+    changed[0] += delta
+    model.text_token_embedding.assign(changed)
+    for a, b in zip(base, _logits(model, text, image)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    model.text_token_embedding.assign(emb)
+    pad = model.pad_embedding.numpy()
+    # … the pad embedding of a non-pad position is not used either …
+    changed = pad.copy()
+    changed[2] += delta
+    model.pad_embedding.assign(changed)
+    for a, b in zip(base, _logits(model, text, image)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    # … but the pad embedding of pad position 6 is (outputs from position 6 on change).
+    changed = pad.copy()
+    changed[6] += delta
+    model.pad_embedding.assign(changed)
+    text_logits, image_logits = _logits(model, text, image)
+    model.pad_embedding.assign(pad)
+    np.testing.assert_allclose(text_logits[:, :6], base[0][:, :6], atol=1e-6)
+    assert np.abs(text_logits[:, 6] - base[0][:, 6]).max() > 1e-3
+    assert np.abs(image_logits - base[1]).max() > 1e-3
+
+
+def _cross_entropy(logits, targets):
+    logits = logits - logits.max(-1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    return -np.take_along_axis(logp, targets[..., None], -1).mean()
+
+
+@pytest.mark.parametrize("weights", [(0.125, 0.875), (0.3, 0.7)])
+def test_loss_matches_numpy(weights):
+    keras.utils.set_random_seed(0)
+    model = DALLE.from_preset("dalle-tiny", text_loss_weight=weights[0],
+                              image_loss_weight=weights[1])
+    text, image = _batch(batch=3)
+    text_logits, image_logits = _logits(model, text, image)
+    text_ce = _cross_entropy(text_logits, text[:, 1:])
+    image_ce = _cross_entropy(image_logits, image.reshape(3, -1))
+    loss, text_loss, image_loss = model.compute_losses(tf.constant(text),
+                                                       tf.constant(image.reshape(3, -1)))
+    assert float(text_loss) == pytest.approx(text_ce, rel=1e-5)
+    assert float(image_loss) == pytest.approx(image_ce, rel=1e-5)
+    assert float(loss) == pytest.approx(weights[0] * text_ce + weights[1] * image_ce, rel=1e-5)
+    # evaluate (test_step) reports the same numbers.
+    model.compile(keras.optimizers.SGD(0.1))
+    logs = model.evaluate({"text_token_ids": text, "image_tokens": image}, batch_size=3,
+                          verbose=0, return_dict=True)
+    assert logs["loss"] == pytest.approx(float(loss), rel=1e-5)
+    assert logs["image_loss"] == pytest.approx(image_ce, rel=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["sparse", "masked_dense"])
+def test_causal(tiny, impl):
+    model = DALLE.from_config(dict(tiny.get_config(), attention_impl=impl))
+    model.set_weights(tiny.get_weights())
+    text, image = _batch(pads_from=6)
+    base_text, base_image = _logits(model, text, image)
+    # Stream position p: text index p (p < n); image input img_j sits at position n + 1 + j.
+    for t in (2, 5, 7):
+        changed = text.copy()
+        changed[:, t] = (changed[:, t] + 7) % VT
+        text_logits, image_logits = _logits(model, changed, image)
+        np.testing.assert_allclose(text_logits[:, :t], base_text[:, :t], atol=1e-5)
+        assert np.abs(image_logits - base_image).max() > 1e-4, t  # image positions see all text
+    for j in (0, 5, 14):
+        changed = image.reshape(2, -1).copy()
+        changed[:, j] = (changed[:, j] + 3) % VI
+        text_logits, image_logits = _logits(model, text, changed)
+        np.testing.assert_allclose(text_logits, base_text, atol=1e-5)
+        np.testing.assert_allclose(image_logits[:, :j + 1], base_image[:, :j + 1], atol=1e-5)
+        assert np.abs(image_logits[:, j + 1:] - base_image[:, j + 1:]).max() > 1e-4
+    # The last image token is only a target.
+    changed = image.reshape(2, -1).copy()
+    changed[:, -1] = (changed[:, -1] + 1) % VI
+    np.testing.assert_allclose(_logits(model, text, changed)[1], base_image, atol=1e-6)
+
+
+def test_sparse_equals_masked_dense(tiny):
+    dense = DALLE.from_config(dict(tiny.get_config(), attention_impl="masked_dense"))
+    dense.set_weights(tiny.get_weights())
+    assert tiny.attention_impl == "sparse"
+    text, image = _batch(seed=3, batch=3)
+    for a, b in zip(_logits(tiny, text, image), _logits(dense, text, image)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_schedule_and_config_round_trip():
+    model = DALLE.from_preset("dalle-tiny")
+    assert model.attention_schedule == ["row", "column", "conv"]  # the paper's, for 3 layers
+    kernels = [b.attn.attention_kernel for b in model.blocks]
+    assert [k.pattern for k in kernels] == model.attention_schedule
+    config = model.get_config()
+    params = set(inspect.signature(DALLE.__init__).parameters) - {"self", "kwargs"}
+    assert params <= set(config)
+    assert DALLE.from_config(config).get_config() == config
+    with pytest.raises(ValueError, match="attention_schedule"):
+        DALLE.from_preset("dalle-tiny", attention_schedule=["row", "diagonal", "conv"])
+    with pytest.raises(ValueError, match="attention_impl"):
+        DALLE.from_preset("dalle-tiny", attention_impl="flash")
+
+
+def test_fit_decreases_loss_on_a_repeated_batch():
+    keras.utils.set_random_seed(0)
+    model = DALLE.from_preset("dalle-tiny")
+    model.compile(keras.optimizers.Adam(3e-3), xla=True)
+    text, image = _batch(batch=4)
+    ds = tf.data.Dataset.from_tensors({"text_token_ids": text, "image_tokens": image}).repeat()
+    history = model.fit(ds, steps_per_epoch=8, epochs=2, verbose=0).history
+    assert set(history) >= {"loss", "text_loss", "image_loss"}
+    assert history["loss"][-1] < 0.5 * history["loss"][0]
+    assert history["image_loss"][-1] < history["image_loss"][0]
+    assert history["text_loss"][-1] < history["text_loss"][0]
+
+
+def test_save_load_round_trip(tiny, tmp_path):
+    path = tmp_path / "dalle.keras"
+    tiny.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, DALLE) and loaded.get_config() == tiny.get_config()
+    text, image = _batch(seed=5)
+    for a, b in zip(_logits(tiny, text, image), _logits(loaded, text, image)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"tie_embeddings": True}, {"mlp_ratio": 2.0}])
+def test_param_count_matches_built_tiny(overrides):
+    config = dict(get_dalle_preset("dalle-tiny"), **overrides)
+    assert dalle_param_count(config) == DALLE(**config).count_params()
+
+
+def test_param_count_shapes_preset_and_defaults():
+    config = get_dalle_preset("dalle-shapes")
+    assert dalle_param_count(config) == DALLE(**config).count_params()
+    signature = inspect.signature(DALLE.__init__).parameters
+    assert all(signature[k].default == v for k, v in DEFAULTS.items())
+
+
+def test_param_count_of_the_paper_model_is_12_billion():
+    config = get_dalle_preset("dalle-12b")
+    assert (config["width"], config["num_heads"], config["num_layers"]) == (3968, 62, 64)
+    count = dalle_param_count(config)
+    assert abs(count - 12.0e9) <= 0.02 * 12.0e9, count
+
+
+def test_mixed_precision_logits_and_loss_are_float32():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = DALLE.from_preset("dalle-tiny")
+        text, image = _batch()
+        text_logits, image_logits = _logits(model, text, image)
+        loss = model.compute_losses(tf.constant(text), tf.constant(image.reshape(2, -1)))[0]
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.blocks[0].compute_dtype == "bfloat16"
+    assert text_logits.dtype == image_logits.dtype == np.float32
+    assert loss.dtype == tf.float32 and np.isfinite(float(loss))
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("text_token_ids", np.zeros((2, 9), "int32"), r"text_token_ids must have shape \(B, 8\)"),
+    ("text_token_ids", np.zeros((2, 8), "float32"), "text_token_ids must be integer"),
+    ("text_token_ids", np.full((2, 8), 64, "int32"), r"text_token_ids must be in \[0, 64\)"),
+    ("image_tokens", np.zeros((2, 4, 5), "int32"), r"image_tokens must have shape \(B, 4, 4\) "
+                                                   r"or \(B, 16\)"),
+    ("image_tokens", np.full((2, 16), -1, "int32"), r"image_tokens must be in \[0, 16\)"),
+])
+def test_bad_inputs_raise_named_errors(tiny, field, value, match):
+    text, image = _batch()
+    inputs = {"text_token_ids": text, "image_tokens": image, field: value}
+    with pytest.raises(ValueError, match=match):
+        tiny(inputs)
+
+
+def test_bad_inputs_in_fit(tiny):
+    with pytest.raises(ValueError, match="'text_token_ids' and 'image_tokens'"):
+        tiny({"token_ids": np.zeros((2, 8), "int32")})
+    model = DALLE.from_preset("dalle-tiny")
+    model.compile(keras.optimizers.SGD(0.1), xla=False)
+    text, image = _batch()
+    image[0, 0, 0] = VI  # out of range: only visible at run time in a graph
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image_tokens must be < 16"):
+        model.fit({"text_token_ids": text, "image_tokens": image}, batch_size=2, verbose=0)
+
+
+def test_token_dataset_from_shapes_with_a_dvae():
+    from keras_dalle.data import dalle_dataset, encode_token_arrays, unigram_entropy
+    from keras_dalle.presets import dvae_from_preset
+
+    keras.utils.set_random_seed(0)
+    vae = dvae_from_preset("dvae-tiny")
+    ds = dalle_dataset("shapes", 8, vae, text_len=16, split="val", num_examples=16)
+    arrays = encode_token_arrays(ds)
+    assert arrays["text_token_ids"].shape == (16, 16) and arrays["image_tokens"].shape == (16, 8, 8)
+    assert arrays["text_token_ids"].dtype == arrays["image_tokens"].dtype == np.int32
+    from keras_clip.data.shapes import generate_shapes
+    from keras_clip.text.tokenizer import tokenize
+    data = generate_shapes(16, split="val", image_size=16)
+    np.testing.assert_array_equal(arrays["text_token_ids"], tokenize(data["captions"], 16))
+    expected = vae.encode(data["images"].astype("float32") / 255.0).numpy()
+    assert (arrays["image_tokens"] == expected).mean() > 0.99  # XLA vs eager argmax ties
+    assert 0.0 <= unigram_entropy(arrays["image_tokens"], 16) <= np.log(16)
+
+
+def _run(out, *args):
+    return subprocess.Popen([sys.executable, SCRIPT, str(out), *args], cwd=ROOT,
+                            env=dict(os.environ), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _result(proc, path):
+    log, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, log[-3000:]
+    data = np.load(path)
+    return (float(data["loss"]), int(data["replicas"]),
+            [data[f"w{i}"] for i in range(sum(k.startswith("w") for k in data.files))])
+
+
+@pytest.mark.slow
+def test_two_mirrored_replicas_match_one_device_xla_step(tmp_path):
+    # ~1–2.5 min on a busy 2-core CPU (two subprocesses, each compiling the XLA step).
+    one, mirrored = tmp_path / "one.npz", tmp_path / "mirrored.npz"
+    procs = [_run(one, "--xla"), _run(mirrored, "--strategy", "mirrored", "--xla")]
+    (loss_1, r1, w1), (loss_2, r2, w2) = _result(procs[0], one), _result(procs[1], mirrored)
+    assert (r1, r2) == (1, 2)
+    assert abs(loss_1 - loss_2) <= 1e-5
+    assert max(float(np.abs(a - b).max()) for a, b in zip(w1, w2)) <= 1e-5
+    keras.utils.set_random_seed(1)
+    initial = DALLE.from_preset("dalle-tiny").get_weights()
+    moved = sum(not np.allclose(a, b) for a, b in zip(initial, w1))
+    assert moved >= 0.9 * len(initial)  # the comparison is meaningful: the step moved weights
