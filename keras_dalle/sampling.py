@@ -1,0 +1,238 @@
+"""DALL·E sampling: the whole autoregressive loop as one XLA-compiled `tf.while_loop`.
+
+Cached path (`use_cache=True`): one *prefill* pass runs every block over the known prefix (the
+text, the start-of-image token and any image prefix) with the exact pattern masks sliced to the
+prefix and writes each layer's keys and values into a preallocated, static-shape cache
+(B, heads, T, d) per layer — every layer type (row, column, conv, full) is cached. Each later
+step embeds one token, runs it through the blocks against the cache with that position's row of
+the layer's pattern mask, and samples the next image token. Nothing is recomputed.
+
+Uncached path (`use_cache=False`, the reference): every step runs the full model over the whole
+stream (future positions hold placeholder tokens, which causality keeps out of the result) and
+reads the logits of the current position. Both paths draw step j's sample with the same
+stateless seed (seed, j), so greedy decoding — and, up to float rounding of the logits, seeded
+sampling — gives identical tokens.
+
+Example:
+    >>> tokens = sample_image_tokens(model, text_ids, num_samples=4, seed=0)   # [B, 4, h, w]
+"""
+
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from keras_clip.layers.attention import dot_product_attention
+from keras_dalle.patterns import pattern_mask
+
+__all__ = ["sample_image_tokens", "filter_logits"]
+
+
+def filter_logits(logits, temperature=1.0, top_k=None, top_p=None):
+    """float32 logits [B, V] → tempered logits with everything outside top-k / top-p at -inf.
+
+    ``temperature == 0`` means greedy: only the arg-max survives.
+    """
+    logits = tf.cast(logits, tf.float32)
+    neg = tf.fill(tf.shape(logits), tf.constant(-np.inf, tf.float32))
+    if temperature == 0:
+        top = tf.reduce_max(logits, axis=-1, keepdims=True)
+        return tf.where(logits >= top, tf.zeros_like(logits), neg)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = tf.math.top_k(logits, k=int(top_k)).values[:, -1:]  # [B, 1]
+        logits = tf.where(logits < kth, neg, logits)
+    if top_p is not None:
+        # Keep the smallest set of most likely tokens whose probability reaches top_p.
+        sorted_logits = tf.sort(logits, axis=-1, direction="DESCENDING")
+        probs = tf.nn.softmax(sorted_logits, axis=-1)
+        before = tf.cumsum(probs, axis=-1, exclusive=True)  # mass of the better tokens
+        kept = tf.where(before < top_p, sorted_logits, tf.fill(tf.shape(logits), np.inf))
+        threshold = tf.reduce_min(kept, axis=-1, keepdims=True)  # the worst kept logit
+        logits = tf.where(logits < threshold, neg, logits)
+    return logits
+
+
+def _draw(logits, seed, step, temperature, top_k, top_p):
+    """One int32 sample [B] per row of logits, from the stateless seed (seed, step)."""
+    filtered = filter_logits(logits, temperature, top_k, top_p)
+    sample = tf.random.stateless_categorical(filtered, 1, seed=tf.stack([seed, step]),
+                                             dtype=tf.int32)
+    return sample[:, 0]
+
+
+def _merge_heads(y):
+    # (B, heads, L, d) → (B, L, heads·d)
+    b, heads, length, d = ops.shape(y)
+    return ops.reshape(ops.transpose(y, (0, 2, 1, 3)), (b, length, heads * d))
+
+
+def _mlp(block, x):
+    return x + block.c_proj(block._act(block.c_fc(block.ln_2(x))))
+
+
+class _Sampler:
+    """The compiled prefill + decode loop for one model and one (batch, prefix) shape."""
+
+    def __init__(self, model):
+        self.model = model
+        n, h, w = model.text_len, model.grid_height, model.grid_width
+        self.masks = [
+            tf.constant(pattern_mask(block.attention_kernel.pattern, n, h, w, model.kernel_size))
+            for block in model.blocks]  # one (T, T) bool mask per layer
+
+    # --- embeddings ---------------------------------------------------------------------------
+    def _image_input(self, previous_tokens, positions):
+        """Embeddings [B, L, d] of image-stream positions given the token before each (−1 = SOI)."""
+        m = self.model
+        w = m.grid_width
+        tok = ops.take(m.image_token_embedding, tf.maximum(previous_tokens, 0), axis=0)
+        soi = ops.broadcast_to(m.start_of_image_embedding, ops.shape(tok))
+        x = ops.where(ops.expand_dims(previous_tokens < 0, -1), soi, tok)
+        rows = ops.take(m.image_row_embedding, positions // w, axis=0)
+        cols = ops.take(m.image_column_embedding, positions % w, axis=0)
+        return ops.cast(x + rows + cols, m.compute_dtype)
+
+    def _logits(self, x):
+        m = self.model
+        x = m.ln_final(x)
+        if m.tie_embeddings:
+            logits = ops.matmul(x, ops.cast(ops.transpose(m.image_token_embedding), x.dtype))
+        else:
+            logits = m.image_head(x)
+        return ops.cast(logits, "float32")
+
+    # --- cached ---------------------------------------------------------------------------
+    def prefill(self, text, image_prefix):
+        """Run the known prefix; returns (logits of the next image token [B, V], caches)."""
+        m = self.model
+        batch, prefix_len = tf.shape(text)[0], image_prefix.shape[1]
+        length = m.text_len + prefix_len + 1  # text, SOI, prefix tokens
+        full_image = tf.concat(
+            [image_prefix, tf.zeros([batch, m.num_image_tokens - prefix_len], tf.int32)], axis=1)
+        x = m.embed(text, full_image)[:, :length]  # [B, L, d]
+        caches = []
+        for block, mask in zip(m.blocks, self.masks):
+            attn = block.attn
+            hidden = block.ln_1(x)
+            q = attn._split_heads(attn.query(hidden))  # (B, heads, L, d)
+            k = attn._split_heads(attn.key(hidden))
+            v = attn._split_heads(attn.value(hidden))
+            y = dot_product_attention(q, k, v, mask[:length, :length])
+            x = _mlp(block, x + attn.out(_merge_heads(y)))
+            pad = [[0, 0], [0, 0], [0, m.sequence_length - length], [0, 0]]
+            caches.append((tf.pad(k, pad), tf.pad(v, pad)))  # (B, heads, T, d)
+        return self._logits(x[:, -1]), caches
+
+    def step(self, previous_token, raster, caches):
+        """One decode step at image position `raster`: (logits [B, V], updated caches)."""
+        m = self.model
+        position = m.text_len + raster  # stream index
+        x = self._image_input(previous_token[:, None], tf.reshape(raster, [1]))  # [B, 1, d]
+        onehot = tf.reshape(tf.one_hot(position, m.sequence_length, on_value=True,
+                                       off_value=False, dtype=tf.bool), [1, 1, -1, 1])
+        updated = []
+        for block, mask, (k_cache, v_cache) in zip(m.blocks, self.masks, caches):
+            attn = block.attn
+            hidden = block.ln_1(x)
+            q = attn._split_heads(attn.query(hidden))  # (B, heads, 1, d)
+            k_cache = tf.where(onehot, attn._split_heads(attn.key(hidden)), k_cache)
+            v_cache = tf.where(onehot, attn._split_heads(attn.value(hidden)), v_cache)
+            row = tf.reshape(tf.gather(mask, position), [1, 1, 1, -1])  # this position's keys
+            y = dot_product_attention(q, k_cache, v_cache, row)
+            x = _mlp(block, x + attn.out(_merge_heads(y)))
+            updated.append((k_cache, v_cache))
+        return self._logits(x[:, 0]), updated
+
+    def run_cached(self, text, image_prefix, seed, temperature, top_k, top_p):
+        m = self.model
+        batch, prefix_len, total = tf.shape(text)[0], image_prefix.shape[1], m.num_image_tokens
+        logits, caches = self.prefill(text, image_prefix)
+        first = _draw(logits, seed, tf.constant(prefix_len), temperature, top_k, top_p)
+        tokens = tf.concat([image_prefix, first[:, None],
+                            tf.zeros([batch, total - prefix_len - 1], tf.int32)], axis=1)
+
+        def body(j, tokens, caches):
+            logits, caches = self.step(tokens[:, j - 1], j, caches)
+            token = _draw(logits, seed, j, temperature, top_k, top_p)
+            tokens = tf.where(tf.range(total)[None] == j, token[:, None], tokens)
+            return j + 1, tokens, caches
+
+        _, tokens, _ = tf.while_loop(lambda j, *_: j < total, body,
+                                     (tf.constant(prefix_len + 1), tokens, caches))
+        return tokens
+
+    # --- uncached (reference) ---------------------------------------------------------------
+    def run_uncached(self, text, image_prefix, seed, temperature, top_k, top_p):
+        m = self.model
+        batch, prefix_len, total = tf.shape(text)[0], image_prefix.shape[1], m.num_image_tokens
+        tokens = tf.concat([image_prefix, tf.zeros([batch, total - prefix_len], tf.int32)], axis=1)
+
+        def body(j, tokens):
+            _, image_logits = m.logits(text, tokens)  # the whole stream, every step
+            token = _draw(image_logits[:, j], seed, j, temperature, top_k, top_p)
+            tokens = tf.where(tf.range(total)[None] == j, token[:, None], tokens)
+            return j + 1, tokens
+
+        _, tokens = tf.while_loop(lambda j, *_: j < total, body,
+                                  (tf.constant(prefix_len), tokens))
+        return tokens
+
+
+def sample_image_tokens(model, text_token_ids, num_samples=1, temperature=1.0, top_k=None,
+                        top_p=None, seed=0, image_prefix_tokens=None, use_cache=True, xla=True):
+    """Sample image tokens [B, num_samples, h, w] (int32) for text ids [B, text_len].
+
+    Args:
+        model: a `keras_dalle.DALLE`.
+        text_token_ids: int [B, text_len] (e.g. `keras_clip.tokenize(texts, model.text_len)`).
+        num_samples: samples per prompt; the batch is prompts × samples.
+        temperature: softmax temperature; 0 = greedy.
+        top_k, top_p: optional nucleus / top-k filtering.
+        seed: int; the same seed gives the same tokens.
+        image_prefix_tokens: optional int [B, P] or [B, rows, w] raster tokens that prime the
+            image (completion); the rest is sampled.
+        use_cache: the cached loop (default) or the recompute-everything reference path.
+        xla: compile the loop with XLA (`tf.function(jit_compile=True)`).
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and not 1 <= int(top_k) <= model.image_vocab_size:
+        raise ValueError(f"top_k must be in [1, {model.image_vocab_size}], got {top_k}")
+    if top_p is not None and not 0.0 < float(top_p) <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    text = np.asarray(text_token_ids)
+    text, _ = model._check_inputs({"text_token_ids": text, "image_tokens": np.zeros(
+        (len(text), model.num_image_tokens), np.int32)})
+    batch = int(text.shape[0])
+    if image_prefix_tokens is None:
+        prefix = np.zeros((batch, 0), np.int32)
+    else:
+        prefix = np.asarray(image_prefix_tokens).reshape(batch, -1).astype(np.int32)
+        if prefix.shape[1] >= model.num_image_tokens:
+            raise ValueError(f"image_prefix_tokens must hold fewer than {model.num_image_tokens} "
+                             f"tokens, got {prefix.shape[1]}")
+        if prefix.size and (prefix.min() < 0 or prefix.max() >= model.image_vocab_size):
+            raise ValueError(f"image_prefix_tokens must be in [0, {model.image_vocab_size}), got "
+                             f"min {prefix.min()} max {prefix.max()}")
+    # prompts × samples: sample s of prompt b is row b·num_samples + s
+    text = tf.repeat(text, num_samples, axis=0)
+    prefix = tf.repeat(tf.constant(prefix), num_samples, axis=0)
+    sampler = _get_sampler(model)
+    fn = sampler.run_cached if use_cache else sampler.run_uncached
+    key = (use_cache, xla, float(temperature), top_k, top_p)
+    compiled = sampler.__dict__.setdefault("compiled", {})
+    if key not in compiled:
+        compiled[key] = tf.function(
+            lambda t, p, s: fn(t, p, s, float(temperature), top_k, top_p), jit_compile=xla)
+    tokens = compiled[key](text, prefix, tf.constant(int(seed), tf.int32))
+    return tf.reshape(tokens, (batch, num_samples, model.grid_height, model.grid_width)).numpy()
+
+
+def _get_sampler(model):
+    sampler = getattr(model, "_sampler", None)
+    if sampler is None:
+        sampler = _Sampler(model)
+        model._sampler = sampler
+    return sampler

@@ -1,0 +1,146 @@
+"""DALL·E sampling: cached == uncached, seed determinism, prefixes, filtering, CLIP reranking."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from keras_clip.model import CLIP
+from keras_dalle.generate import generate, main as generate_main
+from keras_dalle.model import DALLE
+from keras_dalle.rerank import clip_scores
+from keras_dalle.sampling import filter_logits, sample_image_tokens
+from keras_dalle.vae import DiscreteVAE
+from keras_dalle.presets import get_preset
+
+
+def _model(impl):
+    keras.utils.set_random_seed(0)
+    return DALLE.from_preset("dalle-tiny", attention_impl=impl,
+                             attention_schedule=["row", "column", "full", "conv"], num_layers=4)
+
+
+# Every distinct (shape, temperature, top-k/p) compiles a new XLA loop: the tests share
+# num_samples=2 and the sparse model wherever they can.
+@pytest.fixture(scope="module")
+def model():
+    return _model("sparse")
+
+
+@pytest.fixture(scope="module")
+def text(model):
+    return np.random.default_rng(0).integers(1, model.text_vocab_size, (2, model.text_len))
+
+
+@pytest.mark.parametrize("impl, temperature", [("sparse", 0.0), ("sparse", 1.0),
+                                               ("masked_dense", 1.0)])
+def test_cached_and_uncached_loops_give_identical_tokens(model, text, impl, temperature):
+    m = model if impl == "sparse" else _model(impl)
+    cached = sample_image_tokens(m, text, num_samples=2, temperature=temperature, seed=7)
+    uncached = sample_image_tokens(m, text, num_samples=2, temperature=temperature, seed=7,
+                                   use_cache=False)
+    assert cached.shape == (2, 2, m.grid_height, m.grid_width)
+    np.testing.assert_array_equal(cached, uncached)
+
+
+def test_greedy_tokens_are_the_argmax_of_the_models_own_logits(model, text):
+    tokens = sample_image_tokens(model, text, num_samples=2, temperature=0.0).reshape(4, -1)
+    logits = model({"text_token_ids": np.repeat(text, 2, axis=0),
+                    "image_tokens": tokens})["image_logits"]
+    np.testing.assert_array_equal(tokens, np.argmax(logits, axis=-1))
+
+
+def test_same_seed_same_tokens_other_seed_other_tokens(model, text):
+    a = sample_image_tokens(model, text, num_samples=2, seed=1)
+    b = sample_image_tokens(model, text, num_samples=2, seed=1)
+    c = sample_image_tokens(model, text, num_samples=2, seed=2)
+    np.testing.assert_array_equal(a, b)
+    assert (a != c).mean() > 0.5
+    # samples of one prompt differ from each other (each row has its own draw)
+    assert (a[:, 0] != a[:, 1]).mean() > 0.5
+
+
+def test_image_prefix_is_kept_and_both_paths_agree(model, text):
+    prefix = np.random.default_rng(3).integers(0, model.image_vocab_size, (2, 1, model.grid_width))
+    cached = sample_image_tokens(model, text, num_samples=2, seed=4, image_prefix_tokens=prefix)
+    uncached = sample_image_tokens(model, text, num_samples=2, seed=4, image_prefix_tokens=prefix,
+                                   use_cache=False)
+    np.testing.assert_array_equal(cached[:, :, :1], np.repeat(prefix[:, None], 2, axis=1))
+    np.testing.assert_array_equal(cached, uncached)
+
+
+def test_top_k_and_top_p_keep_only_the_best_tokens():
+    logits = tf.constant([[0.0, 1.0, 2.0, 3.0, 4.0]])
+    kept = np.isfinite(filter_logits(logits, top_k=2).numpy())
+    np.testing.assert_array_equal(kept, [[False, False, False, True, True]])
+    probs = tf.nn.softmax(logits).numpy()[0]  # ≈ .01 .03 .09 .23 .64
+    kept = np.isfinite(filter_logits(logits, top_p=0.8).numpy())
+    np.testing.assert_array_equal(kept, [[False, False, False, True, True]])
+    assert probs[3:].sum() >= 0.8 > probs[4]
+    greedy = filter_logits(logits, temperature=0.0).numpy()
+    np.testing.assert_array_equal(np.isfinite(greedy), [[False] * 4 + [True]])
+
+
+def test_sampled_tokens_respect_top_k(model, text):
+    tokens = sample_image_tokens(model, text, num_samples=2, top_k=1, seed=3)
+    np.testing.assert_array_equal(tokens, sample_image_tokens(model, text, num_samples=2,
+                                                              temperature=0.0))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(temperature=-1.0), "temperature"), (dict(top_k=0), "top_k"), (dict(top_p=1.5), "top_p"),
+    (dict(num_samples=0), "num_samples"),
+    (dict(image_prefix_tokens=np.full((2, 3), 99)), "image_prefix_tokens"),
+])
+def test_bad_sampling_arguments_are_named(model, text, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        sample_image_tokens(model, text, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory):
+    """A tiny DALLE over a dvae-tiny grid (8×8, K=16) with the CLIP tokenizer, a dVAE, a CLIP."""
+    keras.utils.set_random_seed(1)
+    vae = DiscreteVAE(**get_preset("dvae-tiny"))
+    vae.decode(np.zeros((1, 8, 8), np.int32))
+    dalle = DALLE.from_preset("dalle-tiny", text_vocab_size=49408, grid_height=8, grid_width=8,
+                              image_vocab_size=vae.vocab_size)
+    clip = CLIP.from_preset("ViT-Tiny")
+    return dalle, vae, clip
+
+
+def test_rerank_returns_the_best_samples_sorted_with_their_clip_scores(trio):
+    dalle, vae, clip = trio
+    prompts = ["a red circle", "a blue square"]
+    everything = generate(dalle, prompts, vae=vae, num_samples=5, seed=0)
+    best = generate(dalle, prompts, vae=vae, num_samples=5, seed=0, rerank=clip, keep=2)
+    assert best["images"].shape == (2, 2, 16, 16, 3) and best["scores"].shape == (2, 2)
+    all_scores = clip_scores(clip, everything["images"].reshape(10, 16, 16, 3),
+                             [p for p in prompts for _ in range(5)]).reshape(2, 5)
+    np.testing.assert_allclose(best["scores"], -np.sort(-all_scores, axis=1)[:, :2], rtol=1e-4,
+                               atol=1e-4)
+    for i in range(2):
+        np.testing.assert_array_equal(best["image_tokens"][i],
+                                      everything["image_tokens"][i, best["order"][i]])
+    with pytest.raises(ValueError, match="rerank"):
+        generate(dalle, prompts, vae=vae, num_samples=2, keep=1)
+
+
+def test_generate_cli_writes_a_png_grid(trio, tmp_path, capsys):
+    dalle, vae, clip = trio
+    paths = {}
+    for name, m in (("dalle", dalle), ("vae", vae), ("clip", clip)):
+        paths[name] = str(tmp_path / f"{name}.keras")
+        m.save(paths[name])
+    out = tmp_path / "grid.png"
+    generate_main(["a red circle", "a green star", "--model", paths["dalle"], "--vae",
+                   paths["vae"], "--clip", paths["clip"], "--num-samples", "3", "--keep", "2",
+                   "--out", str(out)])
+    grid = Image.open(out)
+    assert grid.format == "PNG" and grid.width > 2 * 32 and grid.height > 2 * 32
+    printed = capsys.readouterr().out
+    assert "CLIP scores" in printed and "a green star" in printed
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".grid-")]
