@@ -1,5 +1,6 @@
 """export.saved_model / export.serving_config: TF Serving layout, signatures, ops, configs."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -187,23 +188,55 @@ print("\\n".join(op.name for op in ops.op))
 """
 
 
-def test_only_tf_core_and_tf_text_ops(exported):
+@functools.lru_cache(None)
+def _core_ops():
     # The core registry is read in a fresh process: importing tensorflow_text (as this test
     # module does) registers its ops in the same registry.
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    core = set(subprocess.run([sys.executable, "-c", _CORE_OPS], capture_output=True, text=True,
+    return set(subprocess.run([sys.executable, "-c", _CORE_OPS], capture_output=True, text=True,
                               check=True, env=env).stdout.split())
-    assert {"MatMul", "DecodeImage", "StatefulPartitionedCall"} <= core
-    assert not TF_TEXT_OPS & core
-    with open(os.path.join(exported[2], "saved_model.pb"), "rb") as f:
+
+
+def _graph_ops(version_dir):
+    """Every op of a SavedModel: the graph's nodes and the nodes of all its functions."""
+    with open(os.path.join(version_dir, "saved_model.pb"), "rb") as f:
         saved = saved_model_pb2.SavedModel.FromString(f.read())
     graph = saved.meta_graphs[0].graph_def
     functions = {f.signature.name for f in graph.library.function}
     ops = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
-    ops -= functions  # calls of the graph's own functions
+    return ops - functions  # calls of the graph's own functions
+
+
+def test_only_tf_core_and_tf_text_ops(exported):
+    core = _core_ops()
+    assert {"MatMul", "DecodeImage", "StatefulPartitionedCall"} <= core
+    assert not TF_TEXT_OPS & core
+    ops = _graph_ops(exported[2])
     assert not ops - core - TF_TEXT_OPS, f"ops outside TF core + TF Text: {ops - core - TF_TEXT_OPS}"
     assert TF_TEXT_OPS <= ops  # the tokenizer really is in the graph
     assert not {o for o in ops if "Xla" in o}
+
+
+def test_dvae_decode_export(tmp_path):
+    from export.dvae_saved_model import export_dvae
+    from keras_dalle.presets import dvae_from_preset
+
+    keras.utils.set_random_seed(0)
+    vae = dvae_from_preset("dvae-tiny")
+    path = export_dvae(vae, str(tmp_path / "dvae"))
+    assert path == str(tmp_path / "dvae" / "1")
+    assert not _graph_ops(path) - _core_ops()
+    loaded = tf.saved_model.load(path)
+    grid = vae.token_grid_size
+    tokens = np.random.default_rng(0).integers(0, vae.vocab_size, (2, grid, grid)).astype(np.int32)
+    pngs = loaded.signatures["decode"](tokens=tf.constant(tokens))["images"].numpy()
+    assert pngs.shape == (2,)
+    decoded = np.stack([tf.io.decode_png(p).numpy() for p in pngs])
+    want = np.round(np.clip(np.asarray(vae.decode(tokens)), 0, 1) * 255)
+    assert decoded.shape == want.shape
+    assert np.abs(decoded.astype(np.float64) - want).max() <= 1  # 8-bit rounding only
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"must be < vocab_size \(16\)"):
+        loaded.signatures["decode"](tokens=tf.fill([1, grid, grid], 16))
 
 
 def test_models_config_round_trip(tmp_path):
