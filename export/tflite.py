@@ -148,12 +148,43 @@ def keras_fn(model, part):
     return model.decode
 
 
+def _decode_by_gather(vae):
+    """``vae.decode`` with the one-hot → 1×1 conv input layer written as a row gather.
+
+    Same numbers (a 1×1 conv of a one-hot vector is exactly its kernel row plus the bias), but
+    LiteRT's int8 ONE_HOT writes the off value as the zero point's neighbour (measured: 0.502
+    instead of 0 after dequantisation), which wrecks full-int8 decoders; a GATHER quantises
+    cleanly and skips the vocab-wide one-hot tensor. Out-of-range ids fail in LiteRT's GATHER.
+    """
+    from keras import ops
+
+    from keras_dalle.vae import unmap_pixels
+    if not vae.built:
+        vae.build()
+    dec = vae.decoder
+    conv = dec.input_conv
+
+    def decode(tokens):
+        table = ops.reshape(conv.kernel, (vae.vocab_size, dec.n_init))
+        x = ops.take(table, ops.cast(tokens, "int32"), axis=0) + conv.bias  # (B, h, w, n_init)
+        # The rest mirrors DVAEDecoder.call (groups, nearest ×2 between them).
+        for g, blocks in enumerate(dec.groups):
+            for block in blocks:
+                x = block(x)
+            if g < dec.group_count - 1:
+                x = ops.repeat(ops.repeat(x, 2, axis=1), 2, axis=2)
+        maps = ops.cast(dec.output_conv(ops.relu(x)), "float32")
+        return unmap_pixels(ops.sigmoid(maps[..., :vae.num_channels]))
+
+    return decode
+
+
 def concrete_function(model, part):
     """A frozen (weights as constants) concrete function of the part at batch 1."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import \
         convert_variables_to_constants_v2
-    fn = keras_fn(model, part)
+    fn = _decode_by_gather(model) if part == "dvae-decoder" else keras_fn(model, part)
     traced = tf.function(lambda x: tf.cast(fn(x), tf.float32),
                          input_signature=[input_spec(model, part)])
     # Freezing first: converting a function that captures Keras 3 variables keeps them as
