@@ -318,3 +318,25 @@ def test_hot_swap_to_version_2_without_failed_requests(served):
                                atol=1e-5)
     _expect_error(lambda: _embed_text(served, ["x"], version=1), grpc.StatusCode.NOT_FOUND,
                   "version 1 not found")
+
+
+@pytest.mark.slow
+def test_demo_serve_on_tiny_models(tmp_path):
+    from keras_dalle.presets import dvae_from_preset
+
+    keras.utils.set_random_seed(0)
+    CLIP.from_preset("ViT-Tiny").save(str(tmp_path / "clip.keras"))
+    dvae_from_preset("dvae-tiny").save(str(tmp_path / "dvae.keras"))
+    out = tmp_path / "serving"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "export.demo_serve", "--clip", str(tmp_path / "clip.keras"),
+         "--dvae", str(tmp_path / "dvae.keras"), "--out", str(out), "--num-images", "4",
+         "--fast-load"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for line in ("serving on 127.0.0.1:", "retrieval: 4 captions", "zero-shot: 4 images",
+                 "dVAE decode: 8x8 tokens → 16x16 PNG", "server | stopped", "server exit code 0"):
+        assert line in result.stdout, line
+    assert sc.read_models_config(str(out / "models.config")).model_config_list.config[1].name == "dvae"
+    assert os.path.exists(out / "clip" / "1" / "saved_model.pb")
+    assert os.path.exists(out / "batching_parameters.txt")
