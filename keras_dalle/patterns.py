@@ -29,8 +29,6 @@ Example:
     >>> out = kernel(q, k, v)                 # (B, heads, 1280, d) → (B, heads, 1280, d)
 """
 
-import math
-
 import keras
 import numpy as np
 from keras import ops
@@ -74,10 +72,10 @@ def _conv_offsets(grid_width, kernel_size):
 
 
 def _image_offsets(pattern, grid_width, kernel_size):
-    """Allowed raster offsets p − q for a translation-invariant pattern (row-major view)."""
+    """Allowed raster offsets p − q of the translation-invariant patterns "row" and "conv"."""
     if pattern == "conv":
         return _conv_offsets(grid_width, kernel_size)
-    return list(range(grid_width + 1))  # "row" (and, within it, "column" in its transposed view)
+    return list(range(grid_width + 1))
 
 
 def pattern_mask(pattern, text_len, grid_height, grid_width, kernel_size=11):
@@ -120,32 +118,75 @@ def attention_logit_count(pattern, text_len, grid_height, grid_width, kernel_siz
         >>> attention_logit_count("conv", 256, 32, 32, impl="masked_dense")
         1638400
     """
-    mask = pattern_mask(pattern, text_len, grid_height, grid_width, kernel_size)
     if impl == "needed":
-        return int(mask.sum())
-    if impl == "masked_dense" or pattern == "full":
-        return mask.size
-    if impl != "sparse":
-        raise ValueError(f"unknown impl {impl!r}; valid: {IMPLS + ('needed',)}")
+        return int(pattern_mask(pattern, text_len, grid_height, grid_width, kernel_size).sum())
+    kernel = PatternAttention(pattern, text_len, grid_height, grid_width, kernel_size, impl=impl)
+    if kernel.plan is None:  # dense
+        return kernel.seq_len ** 2
+    # Every (padded) position against the text keys, plus each piece on every block.
+    s = kernel.plan.block
+    length = -text_len % s + kernel.seq_len
+    return length * text_len + len(kernel.plan.pieces) * length * s
+
+
+class _BlockPlan:
+    """How the sparse kernel covers the image → image mask: split the image tokens (in raster
+    order, or column-major for "column") into blocks of ``block`` tokens; query block i meets
+    key block i − j through one constant (block, block) mask per ``(j, mask)`` in ``pieces``.
+    Block diagonals j whose entries are all masked are never computed."""
+
+    def __init__(self, view_mask, block):
+        n = view_mask.shape[0]
+        blocks = n // block
+        grid = view_mask.reshape(blocks, block, blocks, block).transpose(0, 2, 1, 3)
+        self.block, self.pieces = block, []
+        for j in range(blocks):
+            diagonal = np.diagonal(grid, offset=-j, axis1=0, axis2=1)  # (block, block, blocks−j)
+            if not diagonal.any():
+                continue
+            if not (diagonal == diagonal[..., :1]).all():
+                raise ValueError(f"mask is not block-translation-invariant at block {block}")
+            self.pieces.append((j, diagonal[..., 0].copy()))
+
+    def cost(self, n, head_dim=64):
+        """Logits computed, plus one (n, head_dim) copy of the queries per shifted piece."""
+        blocks = n // self.block
+        logits = sum((blocks - j) * self.block ** 2 for j, _ in self.pieces)
+        return logits + n * head_dim * sum(j > 0 for j, _ in self.pieces)
+
+
+def _make_plan(pattern, text_len, grid_height, grid_width, kernel_size):
     h, w = grid_height, grid_width
+    image = pattern_mask(pattern, 0, h, w, kernel_size)
     if pattern == "column":
+        view = np.arange(h * w).reshape(h, w).T.reshape(-1)  # raster index of each column-major slot
+        image = image[np.ix_(view, view)]
         h, w = w, h
-    blocks = _band_blocks(pattern, h, w, kernel_size)
-    return text_len * text_len + h * w * (text_len + (blocks + 1) * w)
-
-
-def _band_blocks(pattern, h, w, kernel_size):
-    """How many previous rows (blocks of w tokens) a query row needs, in its (row-major) view."""
-    span = max(_image_offsets(pattern, w, kernel_size))
-    return min(math.ceil(span / w), h - 1)
+    # Candidate block sizes around one (view) row; a block size is usable when every block
+    # diagonal of the mask is one constant block (always true for whole rows).
+    plans = []
+    for block in (2 * w, w, w // 2, w // 4, w // 8):
+        if (block == w or block >= 4) and (h * w) % block == 0 and (block >= w or w % block == 0):
+            try:
+                plans.append(_BlockPlan(image, block))
+            except ValueError:
+                continue
+    # Prefer blocks that tile the text too (no padding copies), then the cheapest.
+    return min(plans, key=lambda plan: (text_len % plan.block != 0, plan.cost(h * w)))
 
 
 @keras.saving.register_keras_serializable(package="keras_dalle")
 class PatternAttention:
     """Attention core ``softmax(q kᵀ/√d) v`` restricted to one DALL·E pattern.
 
-    ``impl="masked_dense"`` masks the full T × T logits with ``pattern_mask``;
-    ``impl="sparse"`` computes only the blocks the pattern needs (same result).
+    ``impl="masked_dense"`` masks the full T × T logits with ``pattern_mask``.
+    ``impl="sparse"`` computes the same result from only the blocks the pattern needs:
+    text queries attend causally to the text keys (text_len × text_len); image queries form
+    blocks of ``block`` tokens (one image row for "row"; one image column, after reordering
+    the image column-major, for "column"; a row or a fraction of one for "conv"), and query
+    block i meets the text keys and the key blocks i − j of a few fixed block offsets j, each
+    through one constant (block, block) mask. All pieces share one softmax (normalised after
+    the weighted sums, so no logits are concatenated). "full" is causal dense attention.
 
     Example:
         >>> kernel = PatternAttention("row", text_len=5, grid_height=3, grid_width=4)
@@ -164,6 +205,10 @@ class PatternAttention:
         self.kernel_size = int(kernel_size)
         self.impl = impl
         self.seq_len = self.text_len + self.grid_height * self.grid_width
+        self.plan = None  # None: dense ("masked_dense", and "full" in both impls)
+        if impl == "sparse" and pattern != "full":
+            self.plan = _make_plan(pattern, self.text_len, self.grid_height, self.grid_width,
+                                   self.kernel_size)
 
     def get_config(self):
         return dict(pattern=self.pattern, text_len=self.text_len, grid_height=self.grid_height,
@@ -184,7 +229,7 @@ class PatternAttention:
                     f"PatternAttention({self.pattern!r}) expects {name} of shape (B, heads, T, d) "
                     f"with T = text_len + grid_height*grid_width = {self.text_len} + "
                     f"{self.grid_height}*{self.grid_width} = {self.seq_len}, got {tuple(x.shape)}")
-        if self.impl == "masked_dense" or self.pattern == "full":
+        if self.plan is None:
             # "full" is plain causal attention: nothing to skip beyond the causal half.
             mask = pattern_mask(self.pattern, self.text_len, self.grid_height, self.grid_width,
                                 self.kernel_size)
@@ -193,87 +238,100 @@ class PatternAttention:
 
     def _sparse(self, q, k, v):
         tl, h, w = self.text_len, self.grid_height, self.grid_width
-        q = q * ops.cast(q.shape[-1] ** -0.5, q.dtype)
-        qi, ki, vi = q[:, :, tl:], k[:, :, tl:], v[:, :, tl:]  # (B, heads, h·w, d)
-        kt, vt = k[:, :, :tl], v[:, :, :tl]  # (B, heads, tl, d)
-        if self.pattern == "column":
-            # Column-major order turns the column pattern into the row pattern with h ↔ w.
-            qi, ki, vi = (_transpose_grid(x, h, w) for x in (qi, ki, vi))
-            h, w = w, h
-        out = _band_attention(qi, ki, vi, kt, vt, h, w, self._band_mask(h, w),
-                              _band_blocks(self.pattern, h, w, self.kernel_size))
-        if self.pattern == "column":
-            out = _transpose_grid(out, h, w)
-        if tl == 0:
+        pad = -tl % self.plan.block
+
+        def to_view(x):
+            # Text then the image in the plan's order, front-padded so the image starts on a
+            # block boundary; a no-op (no copy) for "row" / "conv" with aligned text.
+            if self.pattern != "column" and pad == 0:
+                return x
+            image = x[:, :, tl:]
+            if self.pattern == "column":
+                image = _transpose_grid(image, h, w)
+            return ops.concatenate([ops.zeros_like(x[:, :, :pad]), x[:, :, :tl], image], axis=2)
+
+        out = _blocked_attention(to_view(q), to_view(k), to_view(v), k[:, :, :tl], v[:, :, :tl],
+                                 self.plan, pad, tl)  # (B, heads, pad + T, d)
+        if self.pattern != "column" and pad == 0:
             return out
-        text_mask = ops.convert_to_tensor(np.tril(np.ones((tl, tl), dtype=bool)))
-        out_text = _dense_core(q[:, :, :tl], kt, vt, text_mask)  # (B, heads, tl, d)
-        return ops.concatenate([out_text, out], axis=2)
-
-    def _band_mask(self, h, w):
-        """Constant (h, w, text_len + (nb + 1)·w) mask of the joint text + local-block logits,
-        in the kernel's view of the image (column-major for "column": h, w already swapped).
-
-        Query (r, c) of row block r sees key (j, c') of the gathered blocks r − nb … r (j = 0 is
-        block r − nb) iff ``pattern_mask`` allows it; keys of blocks before the first are padding.
-        """
-        nb = _band_blocks(self.pattern, h, w, self.kernel_size)
-        image = pattern_mask(self.pattern, 0, self.grid_height, self.grid_width, self.kernel_size)
-        if self.pattern == "column":  # reorder rows and columns of the mask to column-major
-            order = np.arange(h * w).reshape(w, h).T.reshape(-1)  # raster index of each view index
-            image = image[np.ix_(order, order)]
-        query = np.arange(h * w).reshape(h, w, 1)
-        key = (np.arange(h)[:, None, None] - nb) * w + np.arange((nb + 1) * w)  # (h, 1, (nb+1)·w)
-        key = np.broadcast_to(key, (h, w, (nb + 1) * w))
-        local = (key >= 0) & image[query, np.maximum(key, 0)]
-        # Every key the pattern allows must lie in the gathered blocks.
-        assert local.sum() == image.sum(), "band too narrow for the pattern"
-        text = np.ones((h, w, self.text_len), dtype=bool)
-        return ops.convert_to_tensor(np.concatenate([text, local], axis=-1))
-
-
-def _dense_core(q_scaled, k, v, mask):
-    """``dot_product_attention`` for already-scaled queries."""
-    logits = ops.cast(ops.einsum("bhqd,bhkd->bhqk", q_scaled, k), "float32")
-    logits = ops.where(mask, logits, ops.full_like(logits, -1e30))
-    weights = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
-    return ops.einsum("bhqk,bhkd->bhqd", weights, v)
+        image = out[:, :, pad + tl:]
+        if self.pattern == "column":
+            image = _transpose_grid(image, w, h)
+        return ops.concatenate([out[:, :, pad:pad + tl], image], axis=2)  # (B, heads, T, d)
 
 
 def _transpose_grid(x, h, w):
-    """(B, heads, h·w, d) raster order → (B, heads, w·h, d) column-major order."""
+    """(B, heads, h·w, d) raster order of an h × w grid → (B, heads, w·h, d) column-major."""
     heads, d = x.shape[1], x.shape[3]
     x = ops.reshape(x, (-1, heads, h, w, d))
     x = ops.transpose(x, (0, 1, 3, 2, 4))  # (B, heads, w, h, d)
     return ops.reshape(x, (-1, heads, h * w, d))
 
 
-def _band_attention(qi, ki, vi, kt, vt, h, w, mask, nb):
-    """Image queries against all text keys and the image keys of their own row block and the
-    nb row blocks before it (one joint softmax); ``qi`` already scaled."""
-    heads, d = qi.shape[1], qi.shape[3]
-    tl = kt.shape[2]
-    qb = ops.reshape(qi, (-1, heads, h, w, d))  # (B, heads, h, w, d)
+def _shift_blocks(x, j, value=0.0):
+    """Move block i to block i + j along axis 2 (a static shift; vacated blocks get ``value``)."""
+    if j == 0:
+        return x
+    blocks = x.shape[2]
+    widths = [[0, 0], [0, 0], [j, 0]] + [[0, 0]] * (len(x.shape) - 3)
+    return ops.pad(x[:, :, :blocks - j], widths, constant_values=value)
 
-    def padded_blocks(x):
-        # Blocks r − nb … r for every row r are slices of the block tensor padded in front.
-        x = ops.reshape(x, (-1, heads, h, w, d))
-        return ops.pad(x, [[0, 0], [0, 0], [nb, 0], [0, 0], [0, 0]])  # (B, heads, h+nb, w, d)
 
-    kp, vp = padded_blocks(ki), padded_blocks(vi)
-    logits = [ops.einsum("bhrqd,bhrkd->bhrqk", qb, kp[:, :, j:j + h]) for j in range(nb + 1)]
-    if tl:
-        text = ops.einsum("bhnd,bhtd->bhnt", qi, kt)  # (B, heads, h·w, tl)
-        logits.insert(0, ops.reshape(text, (-1, heads, h, w, tl)))
-    logits = ops.cast(ops.concatenate(logits, axis=-1), "float32")  # (B, heads, h, w, tl+(nb+1)w)
-    logits = ops.where(mask, logits, ops.full_like(logits, -1e30))
-    weights = ops.cast(ops.softmax(logits, axis=-1), vi.dtype)
-    out = 0
-    for j in range(nb + 1):
-        wj = weights[..., tl + j * w:tl + (j + 1) * w]  # (B, heads, h, w, w)
-        out = out + ops.einsum("bhrqk,bhrkd->bhrqd", wj, vp[:, :, j:j + h])
-    out = ops.reshape(out, (-1, heads, h * w, d))  # (B, heads, h·w, d)
-    if tl:
-        text_weights = ops.reshape(weights[..., :tl], (-1, heads, h * w, tl))
-        out = out + ops.einsum("bhnt,bhtd->bhnd", text_weights, vt)
-    return out
+def _unshift_blocks(x, j, value=0.0):
+    """Move block i to block i − j along axis 2 (the inverse of ``_shift_blocks``)."""
+    if j == 0:
+        return x
+    widths = [[0, 0], [0, 0], [0, j]] + [[0, 0]] * (len(x.shape) - 3)
+    return ops.pad(x[:, :, j:], widths, constant_values=value)
+
+
+def _blocked_attention(q, k, v, kt, vt, plan, pad, text_len):
+    """The sparse core on the padded view sequence (``pad`` dummy tokens, the text, then the
+    image in the plan's order): every query against the text keys (causal among text), image
+    queries also against the plan's key blocks; one softmax over both, normalised after the
+    weighted sums so no logits are concatenated. Returns (B, heads, pad + T, d)."""
+    heads, t, d = q.shape[1], q.shape[2], q.shape[3]
+    s = plan.block
+    blocks = t // s
+    first_image_block = (pad + text_len) // s
+    scale = d ** -0.5
+
+    def logits_f32(x):  # scale after the product: scaling q would copy it
+        return ops.cast(x, "float32") * scale
+
+    qb, kb, vb = (ops.reshape(x, (-1, heads, blocks, s, d)) for x in (q, k, v))  # (B, heads, blocks, s, d)
+    # Piece j pairs key block m with query block m + j, indexed by m: only the queries move,
+    # so one shifted copy of q per piece and none of k or v.
+    logits = []
+    for j, piece_mask in plan.pieces:
+        lj = logits_f32(ops.einsum("bhmsd,bhmtd->bhmst", _unshift_blocks(qb, j), kb))  # (B, heads, blocks, s, s)
+        key_is_image = np.arange(blocks) >= first_image_block
+        query_exists = np.arange(blocks) + j < blocks
+        mask = (key_is_image & query_exists)[:, None, None] & piece_mask  # (blocks, s, s)
+        logits.append(ops.where(ops.convert_to_tensor(mask), lj, -1e30))
+    text_mask = np.ones((t, text_len), dtype=bool)  # image (and padding) rows see all text
+    text_mask[pad:pad + text_len] = np.tril(np.ones((text_len, text_len), dtype=bool))
+    text = logits_f32(ops.einsum("bhnd,bhtd->bhnt", q, kt))  # (B, heads, pad + T, tl)
+    text = ops.where(ops.convert_to_tensor(text_mask), text, -1e30)
+    text = ops.reshape(text, (-1, heads, blocks, s, text_len))
+
+    # Shift by the running max over all pieces (in query-block index); the shift cancels out of
+    # the softmax, so it needs no gradient.
+    maxima = [ops.max(text, axis=-1)] if text_len else []
+    maxima += [_shift_blocks(ops.max(lj, axis=-1), j, -1e30) for (j, _), lj in zip(plan.pieces, logits)]
+    shift = ops.stop_gradient(ops.max(ops.stack(maxima), axis=0))  # (B, heads, blocks, s)
+    total = 0.0  # Σ exp: the softmax denominator, (B, heads, blocks, s)
+    out = 0.0  # Σ exp · v in float32, (B, heads, blocks, s, d)
+    for (j, _), lj in zip(plan.pieces, logits):
+        ej = ops.exp(lj - _unshift_blocks(shift, j)[..., None])  # masked entries: exp(−1e30) = 0
+        total = total + _shift_blocks(ops.sum(ej, axis=-1), j)
+        oj = ops.einsum("bhmst,bhmtd->bhmsd", ops.cast(ej, v.dtype), vb)
+        out = out + _shift_blocks(ops.cast(oj, "float32"), j)
+    if text_len:
+        et = ops.exp(text - shift[..., None])
+        total = total + ops.sum(et, axis=-1)
+        et = ops.reshape(ops.cast(et, v.dtype), (-1, heads, t, text_len))
+        ot = ops.einsum("bhnt,bhtd->bhnd", et, vt)  # (B, heads, pad + T, d)
+        out = out + ops.reshape(ops.cast(ot, "float32"), (-1, heads, blocks, s, d))
+    out = ops.cast(out / total[..., None], v.dtype)
+    return ops.reshape(out, (-1, heads, t, d))

@@ -1,0 +1,168 @@
+"""DALL·E sparse attention: the blocked "sparse" kernels vs masked dense vs plain causal dense.
+
+Times forward + backward (gradients w.r.t. q, k, v) of the attention core softmax(q kᵀ/√d) v,
+all heads, each implementation compiled with XLA (tf.function(jit_compile=True)), and reads
+each compiled program's peak memory from XLA's buffer assignment ("Total bytes used" of the
+memory-usage report XLA dumps: parameters + outputs + the heap-simulated peak of temporaries).
+Repetitions are interleaved across all cases and the median is reported, because the machine
+is shared. Also times the whole MultiHeadAttention layer (projections included) at one size.
+
+Example:
+    .venv/bin/python benchmarks/sparse_attention.py                 # the BENCHMARKS.md table
+    .venv/bin/python benchmarks/sparse_attention.py --grids 16 --reps 3
+"""
+
+import argparse
+import glob
+import os
+import re
+import sys
+import tempfile
+import time
+
+DUMP_DIR = tempfile.mkdtemp(prefix="sparse_attention_xla_")
+# XLA reads its flags once, at start-up: set them before TensorFlow is imported.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={DUMP_DIR}").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from keras_clip.layers.attention import MultiHeadAttention, dot_product_attention  # noqa: E402
+from keras_dalle.patterns import PatternAttention, attention_logit_count  # noqa: E402
+
+
+def core_case(name, kernel, q, k, v):
+    """A compiled fwd+bwd step of ``kernel`` on fixed inputs; returns a no-argument callable."""
+    cotangent = tf.random.stateless_normal(q.shape, seed=(7, 7))
+
+    def step(q, k, v):
+        with tf.GradientTape() as tape:
+            tape.watch([q, k, v])
+            out = kernel(q, k, v)
+        return tape.gradient(out, [q, k, v], output_gradients=cotangent)
+
+    step.__name__ = name  # names the XLA module, to find its memory report
+    compiled = tf.function(step, jit_compile=True)
+    return lambda: compiled(q, k, v)
+
+
+def layer_case(name, layer, x, mask=None):
+    layer(x)  # build
+    variables = layer.trainable_variables
+
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.square(layer(x, attention_mask=mask)))
+        return tape.gradient(loss, [x, *variables])
+
+    step.__name__ = name
+    compiled = tf.function(step, jit_compile=True)
+    return lambda: compiled(x)
+
+
+def xla_bytes(name):
+    """Peak bytes of the compiled module named after ``name`` (XLA's memory-usage report)."""
+    reports = glob.glob(os.path.join(DUMP_DIR, f"*a_inference_{name}_[0-9]*memory-usage-report.txt"))
+    totals = []
+    for path in reports:
+        with open(path) as f:
+            match = re.search(r"Total bytes used: (\d+)", f.read())
+        totals.append(int(match.group(1)))
+    return max(totals) if totals else float("nan")
+
+
+def causal_dense(q, k, v):
+    t = q.shape[2]
+    return dot_product_attention(q, k, v, tf.constant(np.tril(np.ones((t, t), bool))))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--grids", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--patterns", nargs="+", default=["row", "column", "conv"])
+    parser.add_argument("--text-len", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--kernel-size", type=int, default=11)
+    parser.add_argument("--layer-grid", type=int, default=32, help="grid for the whole-layer rows (0: skip)")
+    parser.add_argument("--layer-width", type=int, default=256)
+    parser.add_argument("--reps", type=int, default=5)
+    args = parser.parse_args()
+
+    cases = {}  # (grid, pattern, impl) -> callable
+    for g in args.grids:
+        t = args.text_len + g * g
+        shape = (args.batch, args.heads, t, args.head_dim)
+        q, k, v = (tf.random.stateless_normal(shape, seed=(g, i)) for i in range(3))
+        cases[(g, "any", "causal_dense")] = core_case(f"core_{g}_causal", causal_dense, q, k, v)
+        for pattern in args.patterns:
+            for impl in ("sparse", "masked_dense"):
+                kernel = PatternAttention(pattern, args.text_len, g, g, args.kernel_size, impl=impl)
+                cases[(g, pattern, impl)] = core_case(f"core_{g}_{pattern}_{impl}", kernel, q, k, v)
+    if args.layer_grid:
+        g = args.layer_grid
+        t = args.text_len + g * g
+        x = tf.random.stateless_normal((args.batch, t, args.layer_width), seed=(1, 2))
+        causal = tf.constant(np.tril(np.ones((t, t), bool)))
+        cases[(g, "layer", "causal_dense")] = layer_case(
+            f"layer_{g}_causal", MultiHeadAttention(args.heads), x, causal)
+        for pattern in args.patterns:
+            for impl in ("sparse", "masked_dense"):
+                kernel = PatternAttention(pattern, args.text_len, g, g, args.kernel_size, impl=impl)
+                cases[(g, f"layer {pattern}", impl)] = layer_case(
+                    f"layer_{g}_{pattern}_{impl}", MultiHeadAttention(args.heads, attention_kernel=kernel), x)
+
+    print(f"compiling {len(cases)} cases …", file=sys.stderr, flush=True)
+    for run in cases.values():
+        run()  # compile + warm up
+    times = {key: [] for key in cases}
+    for rep in range(args.reps):
+        for key, run in cases.items():  # interleaved: every case once per repetition
+            start = time.perf_counter()
+            for x in run():
+                x.numpy()
+            times[key].append(time.perf_counter() - start)
+        print(f"repetition {rep + 1}/{args.reps} done", file=sys.stderr, flush=True)
+
+    def name_of(key):
+        g, pattern, impl = key
+        base = "layer" if pattern.startswith("layer") else "core"
+        p = pattern.split()[-1]
+        return f"{base}_{g}_causal" if impl == "causal_dense" else f"{base}_{g}_{p}_{impl}"
+
+    median = {key: float(np.median(ts)) for key, ts in times.items()}
+    memory = {key: xla_bytes(name_of(key)) for key in cases}
+
+    print(f"\nfwd+bwd, XLA on CPU; batch {args.batch}, {args.heads} heads × {args.head_dim} dims, "
+          f"{args.text_len} text tokens, conv kernel {args.kernel_size}; median of {args.reps} "
+          f"interleaved repetitions; memory = XLA buffer assignment peak (parameters + outputs + "
+          f"temporaries) of each compiled program.\n")
+    print("| grid | pattern | impl | logits / head | time (ms) | XLA peak memory (MiB) "
+          "| masked dense ÷ sparse: time | memory |")
+    print("|---|---|---|---|---|---|---|---|")
+    for key in cases:
+        g, pattern, impl = key
+        p = pattern.split()[-1]
+        if p in ("any", "layer"):
+            logits = (args.text_len + g * g) ** 2
+        else:
+            logits = attention_logit_count(p, args.text_len, g, g, args.kernel_size, impl=impl)
+        ratio_t = ratio_m = ""
+        if impl == "sparse":
+            dense = (g, pattern, "masked_dense")
+            ratio_t = f"{median[dense] / median[key]:.2f}×"
+            ratio_m = f"{memory[dense] / memory[key]:.2f}×"
+        label = "whole layer (causal mask)" if pattern == "layer" else (
+            "— (causal mask)" if pattern == "any" else pattern)
+        print(f"| {g}×{g} | {label} | {impl} | {logits / 1e6:.3f}M | {median[key] * 1e3:.1f} "
+              f"| {memory[key] / 2**20:.1f} | {ratio_t} | {ratio_m} |")
+
+
+if __name__ == "__main__":
+    main()
