@@ -101,7 +101,7 @@ class CLIPClient:
         return self.predict("encode_text", {"texts": string_tensor(texts)})["embeddings"]
 
     def encode_image(self, images):
-        """list of encoded image bytes (JPEG/PNG/…) → float32 [B, D] L2-normalised embeddings."""
+        """list of encoded image bytes (JPEG/PNG/…) → float32 [B, D] L2-normalised."""
         images = _as_list(images, (bytes, bytearray), "images")
         return self.predict("encode_image", {"images": string_tensor(images)})["embeddings"]
 

@@ -133,7 +133,8 @@ def query_dalle(address, prompt):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m export.demo_serve", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m export.demo_serve",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--clip", required=True, help="trained CLIP .keras")
     parser.add_argument("--dvae", default=None, help="trained dVAE .keras (optional)")
     parser.add_argument("--out", required=True, help="serving directory (mount at /models)")

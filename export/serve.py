@@ -34,7 +34,6 @@ from concurrent import futures
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import grpc  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_text  # noqa: E402,F401  (registers TF Text ops before any SavedModel loads)
 from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
@@ -48,6 +47,7 @@ from export.serving_config import read_models_config, read_warmup_requests  # no
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+_LOADING = get_model_status_pb2.ModelVersionStatus.LOADING
 
 
 class PredictError(Exception):
@@ -82,6 +82,7 @@ class _Model:
         self.name, self.base_path, self.policy = name, base_path, policy
         self.versions = {}  # version → _Version; replaced as a whole (readers need no lock)
         self.failed = {}  # version → error message of a failed load (not retried)
+        self.loading = None  # the version being loaded (GetModelStatus reports it as LOADING)
 
     def wanted(self):
         on_disk = [v for v in existing_versions(self.base_path)
@@ -199,14 +200,18 @@ class ModelRegistry:
                 if v in current or v in model.failed:
                     continue
                 path = os.path.join(model.base_path, str(v))
+                model.loading = v
                 try:
                     t0 = time.time()
                     loaded[v] = _Version(path, v)
                     loaded[v].warm_up()
                     self.log(f"loaded {model.name} version {v} in {time.time() - t0:.1f} s")
                 except Exception as e:  # a broken version must not stop the others
+                    loaded.pop(v, None)
                     model.failed[v] = f"{type(e).__name__}: {e}"
                     self.log(f"failed to load {model.name} version {v}: {model.failed[v]}")
+                finally:
+                    model.loading = None
             keep = {v: current[v] for v in wanted if v in current}
             keep.update(loaded)
             if keep != current and (keep or not wanted):
@@ -318,17 +323,20 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         if model is None:
             raise PredictError(grpc.StatusCode.NOT_FOUND,
                                f"model {name!r} not found; serving {sorted(self.registry.models)}")
-        versions = sorted(model.versions)
+        states = {v: _AVAILABLE for v in model.versions}
+        if model.loading is not None and model.loading not in states:
+            states[model.loading] = _LOADING
         if request.model_spec.HasField("version"):
             v = request.model_spec.version.value
-            if v not in versions:
+            if v not in states:
                 raise PredictError(grpc.StatusCode.NOT_FOUND,
-                                   f"model {name!r} version {v} not found; serving {versions}")
-            versions = [v]
+                                   f"model {name!r} version {v} not found; serving "
+                                   f"{sorted(model.versions)}")
+            states = {v: states[v]}
         response = get_model_status_pb2.GetModelStatusResponse()
-        for v in versions:
+        for v in sorted(states):
             status = response.model_version_status.add()
-            status.version, status.state = v, _AVAILABLE
+            status.version, status.state = v, states[v]
             status.status.CopyFrom(status_pb2.StatusProto(error_code=0))
         return response
 
@@ -352,7 +360,8 @@ def make_server(registry, host="127.0.0.1", port=8500, max_message_bytes=DEFAULT
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m export.serve", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m export.serve",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--model-config", required=True, help="models.config (text proto)")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default %(default)s)")
     parser.add_argument("--port", type=int, default=8500, help="0 picks a free port")

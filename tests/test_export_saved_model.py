@@ -50,8 +50,8 @@ def exported(tmp_path_factory):
 def test_layout_and_version_numbering(exported):
     model, base, path, _ = exported
     assert path == os.path.join(base, "1")
-    for name in ("saved_model.pb", "variables/variables.index", "assets/bpe_simple_vocab_16e6.txt.gz",
-                 sc.WARMUP_FILE):
+    for name in ("saved_model.pb", "variables/variables.index",
+                 "assets/bpe_simple_vocab_16e6.txt.gz", sc.WARMUP_FILE):
         assert os.path.exists(os.path.join(path, name)), name
     assert os.listdir(base) == ["1"]  # no temporary directory left behind
     assert sm._next_version(base, None, False) == 2
@@ -212,7 +212,8 @@ def test_only_tf_core_and_tf_text_ops(exported):
     assert {"MatMul", "DecodeImage", "StatefulPartitionedCall"} <= core
     assert not TF_TEXT_OPS & core
     ops = _graph_ops(exported[2])
-    assert not ops - core - TF_TEXT_OPS, f"ops outside TF core + TF Text: {ops - core - TF_TEXT_OPS}"
+    outside = ops - core - TF_TEXT_OPS
+    assert not outside, f"ops outside TF core + TF Text: {outside}"
     assert TF_TEXT_OPS <= ops  # the tokenizer really is in the graph
     assert not {o for o in ops if "Xla" in o}
 
