@@ -239,22 +239,30 @@ def _resize01(uint8_images, size):
     return np.clip(x.numpy(), 0.0, 1.0).astype(np.float32)
 
 
+def _shapes(num, split, size, seed):
+    """Shapes data at `size` px as uint8 (drawn at ≥ 16 px, the generator's minimum)."""
+    from keras_clip.data.shapes import generate_shapes
+    data = generate_shapes(num, split=split, image_size=max(size, 16), seed=seed)
+    if size < 16:
+        data["images"] = np.clip(np.round(_resize01(data["images"], size) * 255), 0,
+                                 255).astype(np.uint8)
+    return data
+
+
 def _dvae_tokens(model, images01):
     return np.asarray(model.encode(images01), np.int32)
 
 
 def evaluation_inputs(model, part):
     """{"photos": batch, "shapes": batch} of inputs for the parity check (numpy)."""
-    from keras_clip.data.shapes import generate_shapes
     from keras_clip.preprocessing import preprocess_images
     from keras_clip.text.tokenizer import tokenize
     _check_part(model, part)
     size = model.image_size
-    shapes = generate_shapes(NUM_SHAPES, split="val", image_size=max(size, 16), seed=0)
+    shapes = _shapes(NUM_SHAPES, "val", size, seed=0)
     if part == "image":
-        shapes_img = shapes["images"] if size >= 16 else _resize01(shapes["images"], size)
         return {"photos": preprocess_images(photo_images(), image_size=size).astype(np.float32),
-                "shapes": _normalise(shapes_img)}
+                "shapes": _normalise(shapes["images"])}
     if part == "text":
         ctx = model.context_length
         return {"photos": tokenize(list(PHOTO_CAPTIONS), context_length=ctx, truncate=True),
@@ -267,7 +275,6 @@ def evaluation_inputs(model, part):
 def representative_inputs(model, part, source="shapes", num=NUM_CALIBRATION):
     """Calibration inputs for full int8: shapes "train" split (never the parity "val" split)
     or random crops of the photos (the parity check uses their centre crops)."""
-    from keras_clip.data.shapes import generate_shapes
     from keras_clip.text.tokenizer import tokenize
     from keras_clip.zero_shot import IMAGENET_CLASSNAMES
     if source not in REPRESENTATIVE:
@@ -277,14 +284,12 @@ def representative_inputs(model, part, source="shapes", num=NUM_CALIBRATION):
     size = model.image_size
     if part == "text":
         if source == "shapes":
-            texts = generate_shapes(num, split="train", image_size=16, seed=1)["captions"]
+            texts = _shapes(num, "train", 16, seed=1)["captions"]
         else:
             texts = [f"a photo of a {c}." for c in IMAGENET_CLASSNAMES[::997 // num + 1][:num]]
         return tokenize(texts, context_length=model.context_length, truncate=True)
     if source == "shapes":
-        images = generate_shapes(num, split="train", image_size=max(size, 16), seed=1)["images"]
-        if size < 16:
-            images = np.clip(np.round(_resize01(images, size) * 255), 0, 255).astype(np.uint8)
+        images = _shapes(num, "train", size, seed=1)["images"]
     else:
         images = _photo_crops(size, num)
     if part == "image":
@@ -553,7 +558,8 @@ def main(argv=None):
         parser.error("give --part and --out (or --all DIR)")
     if args.all is not None and (args.part is not None or args.out is not None):
         parser.error("--all writes every part and variant; do not combine it with --part/--out")
-    for value, allowed, flag in ((args.part, PARTS, "--part"), (args.variant, VARIANTS, "--variant"),
+    for value, allowed, flag in ((args.part, PARTS, "--part"),
+                                 (args.variant, VARIANTS, "--variant"),
                                  (args.representative, REPRESENTATIVE, "--representative")):
         if value is not None and value not in allowed:
             parser.error(f"{flag}: unknown value {value!r}; expected one of {', '.join(allowed)}")
