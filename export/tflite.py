@@ -33,6 +33,7 @@ of the *centred* decoded pixels (each image minus the Keras image's mean — pla
 Example:
     $ python -m export.tflite runs/demo/clip.keras --part image --variant fp16 --out img.tflite
     $ python -m export.tflite runs/demo/dvae.keras --all tflite/     # every part × variant
+    $ python -m export.tflite runs/demo/clip.keras --all tflite/ --variants fp32,fp16
     >>> report = export_tflite(model, "text", "dynamic-int8", "text.tflite")
     >>> report["parity"]["min_cosine"]
     0.9993...
@@ -546,6 +547,8 @@ def main(argv=None):
     parser.add_argument("--out", help="output .tflite path (with --part)")
     parser.add_argument("--all", metavar="DIR",
                         help="write every part × variant of the model into DIR instead")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="with --all: comma-separated variants (default: all four)")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                         help="minimum per-example cosine vs Keras (default %(default)s)")
     parser.add_argument("--force", action="store_true",
@@ -553,11 +556,18 @@ def main(argv=None):
     parser.add_argument("--representative", default="shapes",
                         help=f"int8 calibration data: {' or '.join(REPRESENTATIVE)}")
     parser.add_argument("--json", action="store_true", help="print the report(s) as JSON")
+    parser.epilog = ("Exit status: 0 if everything was written, 1 if --all refused a variant, "
+                     "2 on an error (including a refused single export).")
     args = parser.parse_args(argv)
     if args.all is None and (args.part is None or args.out is None):
         parser.error("give --part and --out (or --all DIR)")
     if args.all is not None and (args.part is not None or args.out is not None):
         parser.error("--all writes every part and variant; do not combine it with --part/--out")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for v in variants:
+        if v not in VARIANTS:
+            parser.error(f"--variants: unknown variant {v!r}; expected some of "
+                         f"{', '.join(VARIANTS)}")
     for value, allowed, flag in ((args.part, PARTS, "--part"),
                                  (args.variant, VARIANTS, "--variant"),
                                  (args.representative, REPRESENTATIVE, "--representative")):
@@ -566,8 +576,8 @@ def main(argv=None):
     try:
         model = load_model(args.model)
         if args.all is not None:
-            reports = export_all(model, args.all, threshold=args.threshold, force=args.force,
-                                 representative=args.representative)
+            reports = export_all(model, args.all, variants, threshold=args.threshold,
+                                 force=args.force, representative=args.representative)
         else:
             reports = [export_tflite(model, args.part, args.variant, args.out, args.threshold,
                                      args.force, args.representative)]

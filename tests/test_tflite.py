@@ -23,7 +23,9 @@ from keras_dalle.presets import dvae_from_preset  # noqa: E402
 @pytest.fixture(scope="module")
 def models():
     keras.utils.set_random_seed(0)
-    return {"clip": CLIP.from_preset("ViT-Tiny"), "dvae": dvae_from_preset("dvae-tiny")}
+    dvae = dvae_from_preset("dvae-tiny")
+    dvae.build()  # weights exist before the .keras file of the CLI tests is saved
+    return {"clip": CLIP.from_preset("ViT-Tiny"), "dvae": dvae}
 
 
 _CACHE = {}
@@ -247,6 +249,17 @@ def test_cli_bad_arguments(dvae_file, tmp_path, capsys):
     assert T.main([str(tmp_path / "missing.keras"), "--part", "image", "--out", out]) == 2
     assert "model file not found" in capsys.readouterr().err
     assert not os.path.exists(out)
+
+
+@pytest.mark.slow
+def test_cli_all(dvae_file, tmp_path, capsys):
+    rc = T.main([dvae_file, "--all", str(tmp_path), "--variants", "fp32,int8", "--force"])
+    assert rc == 0
+    assert sorted(os.listdir(tmp_path)) == ["dvae-decoder_fp32.tflite",
+                                            "dvae-decoder_int8.tflite"]
+    with pytest.raises(SystemExit):
+        T.main([dvae_file, "--all", str(tmp_path), "--variants", "fp32,int3"])
+    assert "--variants: unknown variant 'int3'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
