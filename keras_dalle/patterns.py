@@ -181,12 +181,17 @@ class PatternAttention:
 
     ``impl="masked_dense"`` masks the full T × T logits with ``pattern_mask``.
     ``impl="sparse"`` computes the same result from only the blocks the pattern needs:
-    text queries attend causally to the text keys (text_len × text_len); image queries form
-    blocks of ``block`` tokens (one image row for "row"; one image column, after reordering
-    the image column-major, for "column"; a row or a fraction of one for "conv"), and query
-    block i meets the text keys and the key blocks i − j of a few fixed block offsets j, each
-    through one constant (block, block) mask. All pieces share one softmax (normalised after
-    the weighted sums, so no logits are concatenated). "full" is causal dense attention.
+
+    * every query against the text keys (T × text_len; causal among the text queries);
+    * the image, in raster order ("column": column-major, so its mask becomes a band too),
+      cut into blocks of ``block`` tokens (a multiple or fraction of a row, chosen at
+      construction: ``self.plan``); query block i meets key block i − j only for the few
+      block offsets j where the mask has entries, each through ONE constant (block, block)
+      mask shared by every block (the patterns are translation-invariant in that order);
+    * one softmax over the text and block logits, normalised after the weighted sums, so
+      no logits are concatenated; per offset j only the queries are shifted (one copy).
+
+    "full" is causal dense attention in both impls.
 
     Example:
         >>> kernel = PatternAttention("row", text_len=5, grid_height=3, grid_width=4)
