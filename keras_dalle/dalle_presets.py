@@ -5,13 +5,15 @@ dicts), and `dalle_param_count(config)`, the parameter count of a config without
   64 (width 3968), 256 BPE text tokens (vocabulary 16384) then 32×32 image tokens (vocabulary
   8192), the row / column / conv attention schedule. The paper does not say whether the output
   layer shares the input embeddings; it is a GPT-3-style decoder, and GPT-2/3 tie them, so the
-  preset ties them (`tie_embeddings=True`): 12.186e9 parameters (12.0e9 in the paper, +1.6%). With
-  two separate output heads it would be 12.286e9 (+2.4%). The 12·d²·L of the 64 blocks alone is
-  12.092e9, so the paper's "12 billion" is a rounded figure either way.
+  preset ties them (`tie_embeddings=True`): 12,195,294,848 parameters (the paper's "12 billion"
+  + 1.6%). With two separate output heads it would be 12,292,836,992 (+2.4%). The 12·d²·L of
+  the 64 blocks alone is 12.09e9, so the paper's figure is a rounded one either way.
 * "dalle-shapes": the demo on the built-in shapes data with the "dvae-shapes" dVAE (64×64 images
-  → 16×16 tokens, vocabulary 512) and the CLIP BPE tokenizer (vocabulary 49408; the shapes
-  captions are ≤ 15 tokens with SOT/EOT, so 64 text positions hold every caption), width 256,
-  4 layers, 4 heads.
+  → 16×16 tokens, vocabulary 512) and the CLIP BPE tokenizer (vocabulary 49408). Sized for a
+  few minutes on 2 shared CPU cores: the shapes captions are at most 14 tokens with SOT/EOT
+  (measured over the 20k "train" and the "heldout" captions), so 16 text positions hold every
+  caption (64 would cost 4× the 49408-way text head for pads only); width 128, 4 layers
+  (row, column, row, conv), 4 heads, a 5×5 conv window.
 * "dalle-tiny": for tests (8 text tokens, 4×4 grid, width 32, 3 layers, small vocabularies).
 
 Example:

@@ -165,10 +165,13 @@ def test_schedule_and_config_round_trip():
         DALLE.from_preset("dalle-tiny", attention_impl="flash")
 
 
-def test_fit_decreases_loss_on_a_repeated_batch():
+@pytest.mark.parametrize("xla", [False, pytest.param(True, marks=pytest.mark.slow)],
+                         ids=["plain", "xla"])
+def test_fit_decreases_loss_on_a_repeated_batch(xla):
+    # (XLA compilation of the step takes ~20-60 s on the busy CPU: slow.)
     keras.utils.set_random_seed(0)
     model = DALLE.from_preset("dalle-tiny")
-    model.compile(keras.optimizers.Adam(3e-3), xla=True)
+    model.compile(keras.optimizers.Adam(3e-3), xla=xla)
     text, image = _batch(batch=4)
     ds = tf.data.Dataset.from_tensors({"text_token_ids": text, "image_tokens": image}).repeat()
     history = model.fit(ds, steps_per_epoch=8, epochs=2, verbose=0).history
@@ -294,3 +297,27 @@ def test_two_mirrored_replicas_match_one_device_xla_step(tmp_path):
     initial = DALLE.from_preset("dalle-tiny").get_weights()
     moved = sum(not np.allclose(a, b) for a, b in zip(initial, w1))
     assert moved >= 0.9 * len(initial)  # the comparison is meaningful: the step moved weights
+
+
+@pytest.mark.slow
+def test_training_cli_on_shapes_with_a_tiny_dvae(tmp_path, capsys):
+    # ~40 s of CPU (2–3 min wall on the busy shared machine): data, fit, evaluation, saving.
+    from keras_dalle.presets import dvae_from_preset
+    from keras_dalle.train import main
+
+    keras.utils.set_random_seed(0)
+    vae_path = tmp_path / "dvae.keras"
+    dvae_from_preset("dvae-tiny").save(vae_path)
+    out = tmp_path / "dalle.keras"
+    assert main(["--vae", str(vae_path), "--preset", "dalle-tiny", "--epochs", "2",
+                 "--steps-per-epoch", "3", "--batch-size", "4", "--num-examples", "64",
+                 "--heldout-examples", "16", "--no-xla", "--logdir", str(tmp_path / "logs"),
+                 "--output", str(out), "--verbose", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out image-token cross-entropy (16 examples)" in printed
+    assert "unigram baseline" in printed
+    model = keras.saving.load_model(out)
+    # The stream follows the dVAE (8×8 grid, K = 16) and the CLIP BPE vocabulary.
+    assert (model.grid_height, model.image_vocab_size, model.text_vocab_size) == (8, 16, 49408)
+    events = [f for _, _, fs in os.walk(tmp_path / "logs") for f in fs if "tfevents" in f]
+    assert events
