@@ -29,8 +29,12 @@ def vae_encoder_fn(vae):
     """XLA-compiled `vae.encode` (float [B, S, S, 3] in [0, 1] → int32 [B, h, w]); the dVAE is
     only read (frozen)."""
     vae.trainable = False
-    return tf.function(lambda images: vae.encode(images), jit_compile=True,
-                       reduce_retracing=True)
+
+    @tf.function(jit_compile=True, reduce_retracing=True)
+    def encode(images):
+        return vae.encode(images)
+
+    return encode
 
 
 def dalle_dataset(source, batch_size, vae, text_len, split="train", shuffle=None, seed=0,

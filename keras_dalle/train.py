@@ -1,8 +1,14 @@
 """Train the DALL·E transformer with `model.fit` on captions + frozen-dVAE image tokens.
 
-    python -m keras_dalle.train --data shapes --vae runs/demo/dvae.keras --preset dalle-shapes \\
-        --epochs 5 --steps-per-epoch 40 --batch-size 16 --lr 1e-3 --logdir runs/dalle \\
-        --output runs/dalle/dalle.keras
+    python -m keras_dalle.train --data shapes --vae runs/demo/dvae.keras --preset dalle-shapes \
+        --logdir runs/dalle --output runs/dalle/dalle.keras
+
+(the defaults: 4 epochs × 20 steps of batch 16, lr 1e-3, 4,000 training and 300 held-out shapes
+examples). Measured with the "dvae-shapes" dVAE, seed 0: held-out image-token cross-entropy
+1.888 nats against the unigram baseline's 4.081 (entropy of the training tokens; 4.103 on the
+held-out tokens); 181 s to encode the images, 571 s of fit (the first epoch includes the XLA
+compilation) on 2 CPU cores shared with three other jobs (load 7–10; 3 min 45 s of CPU time
+for the whole command).
 
 The grid size and image vocabulary come from the dVAE (a preset's are overridden to match).
 `--data shapes` encodes the built-in "train" split once (`--num-examples` images) and trains on
@@ -40,7 +46,10 @@ __all__ = ["train_dalle", "heldout_image_loss", "main"]
 
 def heldout_image_loss(model, arrays, batch_size=64):
     """Mean image-token cross-entropy (nats) of `model` over token arrays (every example)."""
-    fn = tf.function(lambda t, i: model.compute_losses(t, i)[2])
+    @tf.function
+    def fn(text, image):
+        return model.compute_losses(text, image)[2]
+
     total, count = 0.0, 0
     n = len(arrays["text_token_ids"])
     for start in range(0, n, batch_size):
@@ -62,10 +71,10 @@ def _model_config(preset, vae, overrides):
     return config
 
 
-def train_dalle(vae, data="shapes", preset="dalle-shapes", epochs=5, steps_per_epoch=40,
+def train_dalle(vae, data="shapes", preset="dalle-shapes", epochs=4, steps_per_epoch=20,
                 batch_size=16, learning_rate=1e-3, weight_decay=0.01, logdir=None, output=None,
                 strategy="default", cpu_replicas=None, mixed_precision=False, xla=True,
-                attention_impl=None, num_examples=10_000, heldout_examples=500, eval_data=None,
+                attention_impl=None, num_examples=4_000, heldout_examples=300, eval_data=None,
                 seed=0, verbose=2, **model_overrides):
     """Build, train, evaluate and save a `DALLE`; returns a result dict.
 
@@ -127,7 +136,7 @@ def train_dalle(vae, data="shapes", preset="dalle-shapes", epochs=5, steps_per_e
                       keras.callbacks.TensorBoard(logdir, update_freq="epoch")]
     t0 = time.perf_counter()
     history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                        callbacks=callbacks, verbose=verbose)
+                        callbacks=callbacks, verbose=verbose, shuffle=False)  # already shuffled
     train_seconds = time.perf_counter() - t0
 
     result = dict(model=model, history=history.history, train_seconds=train_seconds,
@@ -152,13 +161,13 @@ def _parser():
     p.add_argument("--eval-data", default=None, help="held-out shards (file data only)")
     p.add_argument("--vae", required=True, help="a trained DiscreteVAE (.keras)")
     p.add_argument("--preset", default="dalle-shapes", choices=sorted(DALLE_PRESETS))
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--steps-per-epoch", type=int, default=40)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--steps-per-epoch", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=16, help="global batch size")
     p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
     p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--num-examples", type=int, default=10_000, help="training examples")
-    p.add_argument("--heldout-examples", type=int, default=500)
+    p.add_argument("--num-examples", type=int, default=4_000, help="training examples")
+    p.add_argument("--heldout-examples", type=int, default=300)
     p.add_argument("--logdir", default=None, help="TensorBoard logs and the resume backup")
     p.add_argument("--output", default=None, help="where to save the model (.keras)")
     p.add_argument("--strategy", default="default", choices=STRATEGIES)
