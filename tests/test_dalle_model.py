@@ -319,5 +319,24 @@ def test_training_cli_on_shapes_with_a_tiny_dvae(tmp_path, capsys):
     model = keras.saving.load_model(out)
     # The stream follows the dVAE (8×8 grid, K = 16) and the CLIP BPE vocabulary.
     assert (model.grid_height, model.image_vocab_size, model.text_vocab_size) == (8, 16, 49408)
-    events = [f for _, _, fs in os.walk(tmp_path / "logs") for f in fs if "tfevents" in f]
-    assert events
+    events = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "logs") for f in fs
+              if "tfevents" in f]
+    tags = {v.tag for path in events for e in tf.compat.v1.train.summary_iterator(path)
+            for v in e.summary.value}
+    assert {"epoch_loss", "epoch_text_loss", "epoch_image_loss",
+            "epoch_tokens_per_second"} <= tags
+
+
+def test_tokens_per_second_callback_counts_timed_steps(monkeypatch):
+    from keras_dalle import callbacks
+
+    clock = iter([10.0, 10.5, 11.0, 12.0])  # two steps: 0.5 s and 1.0 s
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+    cb = callbacks.TokensPerSecond(tokens_per_step=300)
+    logs = {"loss": 1.0}
+    cb.on_epoch_begin(0)
+    for step in range(2):
+        cb.on_train_batch_begin(step)
+        cb.on_train_batch_end(step)
+    cb.on_epoch_end(0, logs)
+    assert logs["tokens_per_second"] == pytest.approx(600 / 1.5)
