@@ -21,8 +21,8 @@ import tensorflow as tf
 
 from keras_clip.data.readers import make_clip_dataset
 
-__all__ = ["dalle_dataset", "encode_token_arrays", "token_dataset", "unigram_cross_entropy", "unigram_entropy",
-           "vae_encoder_fn"]
+__all__ = ["dalle_dataset", "encode_token_arrays", "token_dataset", "unigram_cross_entropy",
+           "unigram_entropy", "vae_encoder_fn"]
 
 
 def vae_encoder_fn(vae):
@@ -67,7 +67,7 @@ def encode_token_arrays(dataset):
 
 
 def token_dataset(arrays, batch_size, shuffle=True, seed=0, repeat=True):
-    """In-memory token arrays → batched dataset (reshuffled every pass, deterministic per seed)."""
+    """In-memory token arrays → batched dataset (reshuffled each pass, deterministic per seed)."""
     n = len(arrays["text_token_ids"])
     ds = tf.data.Dataset.from_tensor_slices(arrays)
     if shuffle:

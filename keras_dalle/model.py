@@ -208,7 +208,8 @@ class DALLE(keras.Model):
     def _check_ids(self, name, x, expected_shapes, vocab):
         """int32 tensor of `x`; ValueError naming `name` on a wrong rank/shape/dtype/range."""
         shape = tuple(getattr(x, "shape", np.shape(x)))
-        if not any(len(shape) == len(e) and all(s is None or s == t for s, t in zip(shape[1:], e[1:]))
+        if not any(len(shape) == len(e) and
+                   all(s is None or s == t for s, t in zip(shape[1:], e[1:]))
                    for e in expected_shapes):
             wanted = " or ".join("(" + ", ".join("B" if t is None else str(t) for t in e) + ")"
                                  for e in expected_shapes)
