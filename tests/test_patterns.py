@@ -287,3 +287,13 @@ def test_bad_arguments():
     q, k, v = _qkv(16)  # 5 + 3·4 = 17 expected
     with pytest.raises(ValueError, match=r"T = text_len \+ grid_height\*grid_width = 5 \+ 3\*4 = 17"):
         PatternAttention("row", 5, 3, 4)(q, k, v)
+
+
+@pytest.mark.parametrize("pattern", ["row", "column", "conv"])
+def test_sparse_matches_masked_dense_at_dalle_size(pattern):
+    # The paper's 256 text tokens + 32×32 grid (the block plans the benchmark uses), one tiny head.
+    q, k, v = _qkv(256 + 32 * 32, batch=1, heads=1, dim=4)
+    kernels = [PatternAttention(pattern, 256, 32, 32, impl=impl) for impl in ("sparse", "masked_dense")]
+    sparse, dense = _values_and_grads(kernels, q, k, v, jit=False)
+    for name, a, b in zip(["out", "dq", "dk", "dv"], sparse, dense):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0, err_msg=name)
