@@ -13,7 +13,9 @@ dicts), and `dalle_param_count(config)`, the parameter count of a config without
   few minutes on 2 shared CPU cores: the shapes captions are at most 14 tokens with SOT/EOT
   (measured over the 20k "train" and the "heldout" captions), so 16 text positions hold every
   caption (64 would cost 4× the 49408-way text head for pads only); width 128, 4 layers
-  (row, column, row, conv), 4 heads, a 5×5 conv window.
+  (row, column, row, conv), 4 heads, a 5×5 conv window (13.6M parameters, 12.7M of them the
+  text embedding and head). `python -m keras_dalle.train` with its defaults (80 steps of 16):
+  held-out image-token cross-entropy 1.89 nats vs the unigram baseline's 4.08, in ~5.5 min.
 * "dalle-tiny": for tests (8 text tokens, 4×4 grid, width 32, 3 layers, small vocabularies).
 
 Example:

@@ -6,9 +6,10 @@
 (the defaults: 4 epochs × 20 steps of batch 16, lr 1e-3, 4,000 training and 300 held-out shapes
 examples). Measured with the "dvae-shapes" dVAE, seed 0: held-out image-token cross-entropy
 1.888 nats against the unigram baseline's 4.081 (entropy of the training tokens; 4.103 on the
-held-out tokens); 181 s to encode the images, 571 s of fit (the first epoch includes the XLA
-compilation) on 2 CPU cores shared with three other jobs (load 7–10; 3 min 45 s of CPU time
-for the whole command).
+held-out tokens); 5 min 32 s for the whole command on 2 CPU cores shared with other jobs
+(load 2–5): 30 s to encode the images, 279 s of fit (99 s for the first epoch, which includes
+the XLA compilation; then ~1,800–2,200 tokens/s). The same run under load 7–10 took 14 min
+with identical numbers.
 
 The grid size and image vocabulary come from the dVAE (a preset's are overridden to match).
 `--data shapes` encodes the built-in "train" split once (`--num-examples` images) and trains on
