@@ -20,8 +20,8 @@ dicts), and `dalle_param_count(config)`, the parameter count of a config without
 
 Example:
     >>> from keras_dalle.dalle_presets import dalle_param_count, get_dalle_preset
-    >>> round(dalle_param_count(get_dalle_preset("dalle-12b")) / 1e9, 2)
-    12.19
+    >>> dalle_param_count(get_dalle_preset("dalle-12b"))
+    12195294848
 """
 
 import copy
