@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 REF_VENV ?= .venv-ref
 REF_STAMP := $(REF_VENV)/.installed-stamp
 
-.PHONY: install test test-slow test-ref demo demo-clip demo-clip-train demo-dalle demo-dvae demo-serve tflite clean
+.PHONY: install test test-slow test-ref demo demo-clip demo-clip-train demo-dalle demo-dvae demo-dalle-train demo-generate demo-serve tflite clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,11 +58,28 @@ demo-clip-train: $(STAMP)
 
 demo-dalle: $(STAMP)
 	$(MAKE) --no-print-directory demo-dvae
+	$(MAKE) --no-print-directory demo-dalle-train
+	$(MAKE) --no-print-directory demo-generate
 
 demo-dvae: $(STAMP)
 	rm -rf $(DEMO)/dvae
 	$(PY) -m keras_dalle.train_vae --data shapes --preset dvae-shapes --logdir $(DEMO)/dvae \
 		--out $(DEMO)/dvae.keras --verbose 2
+
+demo-dalle-train: $(STAMP)
+	test -f $(DEMO)/dvae.keras || $(MAKE) --no-print-directory demo-dvae
+	rm -rf $(DEMO)/dalle
+	$(PY) -m keras_dalle.train --data shapes --vae $(DEMO)/dvae.keras --preset dalle-shapes \
+		--logdir $(DEMO)/dalle --output $(DEMO)/dalle.keras
+
+# A reranked grid for a few held-out prompts (colour-shape pairs never seen in training).
+demo-generate: $(STAMP)
+	test -f $(DEMO)/dalle.keras || $(MAKE) --no-print-directory demo-dalle-train
+	test -f $(DEMO)/clip.keras || $(MAKE) --no-print-directory demo-clip-train
+	$(PY) -m keras_dalle.generate "a large red circle" "a small green square" \
+		"a blue triangle above a yellow diamond" "a large purple star" --model $(DEMO)/dalle.keras \
+		--vae $(DEMO)/dvae.keras --clip $(DEMO)/clip.keras --num-samples 8 --keep 4 \
+		--out $(DEMO)/dalle_grid.png
 
 demo-serve: $(STAMP)
 	test -f $(DEMO)/clip.keras || $(MAKE) --no-print-directory demo-clip-train
