@@ -1,12 +1,13 @@
-"""Serving demo: export the demo CLIP (and dVAE), serve it over gRPC, query it, stop.
+"""Serving demo: export the demo CLIP (and dVAE, DALL·E), serve them over gRPC, query, stop.
 
-1. exports ``--clip`` to ``OUT/clip/1`` (and ``--dvae`` to ``OUT/dvae/1``), writes
+1. exports ``--clip`` to ``OUT/clip/1`` (and ``--dvae`` to ``OUT/dvae/1``, ``--dalle`` with
+   its dVAE and the CLIP reranker to ``OUT/dalle/1``), writes
    ``OUT/models.config`` and ``OUT/batching_parameters.txt`` (the docker layout: mount OUT at
    /models);
 2. starts ``python -m export.serve`` on a free local port and waits for it;
 3. over gRPC (``export.client``): each caption of a few generated shapes images → the nearest
    image; each image → its zero-shot label among the 30 shapes classes; a token grid → PNG
-   through the dVAE;
+   through the dVAE; a prompt → the best generated PNGs with their CLIP scores (DALL·E);
 4. stops the server (SIGTERM).
 
 Example:
@@ -122,14 +123,31 @@ def query_dvae(address, out_dir, grid):
     return path
 
 
-# ---------------------------------------------------------------------------------------------
-# SEAM (DALL·E): "a prompt → PNG". When keras_dalle's transformer exports a `generate`
-# signature (texts tf.string [B] → images tf.string [B] PNG bytes), export it here next to the
-# dVAE (e.g. OUT/dalle/<version>), add it to models.config in `main`, and query it below with a
-# shapes caption; CLIP (served above) can then rerank the samples with encode_image/encode_text.
-def query_dalle(address, prompt):
-    raise NotImplementedError("DALL·E `generate` is not exported yet (see the SEAM comment)")
-# ---------------------------------------------------------------------------------------------
+def query_dalle(address, out_dir, prompt, num_samples=8, keep=2):
+    """A prompt → the best `keep` of `num_samples` generated PNGs (CLIP-reranked in the graph)."""
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    from export.client import to_numpy
+    from export.serving_config import predict_request
+
+    request = predict_request("dalle", "generate", {
+        "prompts": np.array([prompt.encode()], dtype=object),
+        "num_samples": np.array(num_samples, np.int32), "keep": np.array(keep, np.int32),
+        "seed": np.array(0, np.int32)})
+    with grpc.insecure_channel(address) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        response = stub.Predict(request, timeout=600)
+    pngs = to_numpy(response.outputs["images"])[0]
+    scores = to_numpy(response.outputs["scores"])[0]
+    paths = []
+    for i, (png, score) in enumerate(zip(pngs, scores)):
+        paths.append(os.path.join(out_dir, f"dalle_{i}.png"))
+        with open(paths[-1], "wb") as f:
+            f.write(png)
+    _step(f"DALL·E generate {prompt!r}: best {keep} of {num_samples} samples, CLIP scores "
+          + ", ".join(f"{x:.1f}" for x in scores) + f" → {', '.join(paths)}")
+    return paths, scores
 
 
 def main(argv=None):
@@ -137,11 +155,17 @@ def main(argv=None):
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--clip", required=True, help="trained CLIP .keras")
     parser.add_argument("--dvae", default=None, help="trained dVAE .keras (optional)")
+    parser.add_argument("--dalle", default=None,
+                        help="trained DALLE .keras (optional; needs --dvae): serves `generate`")
+    parser.add_argument("--prompt", default="a large red circle", help="the DALL·E demo prompt")
     parser.add_argument("--out", required=True, help="serving directory (mount at /models)")
     parser.add_argument("--num-images", type=int, default=6)
     parser.add_argument("--fast-load", action="store_true", help="passed to export.serve")
     args = parser.parse_args(argv)
-    for path in filter(None, [args.clip, args.dvae]):
+    if args.dalle and not args.dvae:
+        print("error: --dalle needs --dvae (the images are decoded by the dVAE)", file=sys.stderr)
+        return 2
+    for path in filter(None, [args.clip, args.dvae, args.dalle]):
         if not os.path.exists(path):
             print(f"error: no model file at {path}", file=sys.stderr)
             return 2
@@ -156,7 +180,9 @@ def main(argv=None):
     clip = load_clip_model(args.clip)
     _step(f"exporting CLIP → {args.out}/clip/1 (tokenizer and image decoding in the graph)")
     # Version 1, replaced on every run: the demo owns this directory.
-    export_clip(clip, os.path.join(args.out, "clip"), version=1, overwrite=True)
+    # The demo CLIP learnt captions like "a large red circle": prompt it the same way.
+    export_clip(clip, os.path.join(args.out, "clip"), version=1, overwrite=True,
+                template="a large {}")
     models = {"clip": "/models/clip"}
     grid = None
     if args.dvae:
@@ -169,6 +195,14 @@ def main(argv=None):
         export_dvae(vae, os.path.join(args.out, "dvae"), version=1, overwrite=True)
         models["dvae"] = "/models/dvae"
         grid = vae.token_grid_size
+    if args.dalle:
+        from export.dalle_saved_model import export_dalle
+        from keras_dalle.generate import _load
+        _step(f"exporting DALL·E generate (tokenizer, cached sampling loop, dVAE, CLIP rerank) → "
+              f"{args.out}/dalle/1")
+        export_dalle(_load(args.dalle, "DALLE"), vae, os.path.join(args.out, "dalle"), clip=clip,
+                     version=1, overwrite=True)
+        models["dalle"] = "/models/dalle"
     config = write_models_config(os.path.join(args.out, "models.config"), models)
     write_batching_parameters(os.path.join(args.out, "batching_parameters.txt"))
     _step(f"wrote {config} and batching_parameters.txt ({time.time() - t0:.0f} s)")
@@ -181,6 +215,8 @@ def main(argv=None):
             results = query_clip(client, clip.image_size, args.num_images)
         if grid:
             query_dvae(address, args.out, grid)
+        if args.dalle:
+            query_dalle(address, args.out, args.prompt)
         _step(f"results: {results}")
     finally:
         _step("stopping the server")

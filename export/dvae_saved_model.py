@@ -20,7 +20,7 @@ import sys
 
 import tensorflow as tf
 
-from export.saved_model import _next_version, write_version_atomic
+from export.saved_model import _next_version, run_export_cli, write_version_atomic
 
 
 class DVAEServingModule(tf.Module):
@@ -83,20 +83,17 @@ def main(argv=None):
     parser.add_argument("--version", type=int, default=None)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        version = _next_version(args.base_path, args.version, args.overwrite)
+
+    def export(version):
         if not os.path.exists(args.model):
             raise FileNotFoundError(f"no model file at {args.model}")
         import keras
 
         import keras_dalle.vae  # noqa: F401  (registers the serializable classes)
         vae = keras.saving.load_model(args.model, compile=False)
-        path = export_dvae(vae, args.base_path, version, args.overwrite)
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"exported {args.model} → {path}")
-    return 0
+        return export_dvae(vae, args.base_path, version, args.overwrite)
+
+    return run_export_cli(args.model, args.base_path, args.version, args.overwrite, export)
 
 
 if __name__ == "__main__":

@@ -245,6 +245,20 @@ def load_clip_model(path):
     return keras.saving.load_model(path, compile=False)
 
 
+def run_export_cli(model_path, base_path, version, overwrite, export):
+    """The export CLIs' common tail: ``export(version)`` → path, printed; errors → exit code 2.
+
+    The version is resolved (and an existing one refused) before ``export`` loads anything.
+    """
+    try:
+        path = export(_next_version(base_path, version, overwrite))
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"exported {model_path} → {path}")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m export.saved_model",
@@ -258,18 +272,11 @@ def main(argv=None):
                         help="zero-shot prompt template with one {} (default %(default)r)")
     parser.add_argument("--no-warmup", action="store_true", help="skip assets.extra warmup file")
     args = parser.parse_args(argv)
-    try:
-        # Refuse an existing version before spending time on loading the model.
-        version = _next_version(args.base_path, args.version, args.overwrite)
-        model = load_clip_model(args.model)
-        path = export_clip(model, args.base_path, version, args.overwrite, args.template,
-                           warmup=not args.no_warmup,
-                           model_name=os.path.basename(os.path.normpath(args.base_path)))
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"exported {args.model} → {path}")
-    return 0
+    return run_export_cli(args.model, args.base_path, args.version, args.overwrite, lambda version:
+                          export_clip(load_clip_model(args.model), args.base_path, version,
+                                      args.overwrite, args.template, warmup=not args.no_warmup,
+                                      model_name=os.path.basename(
+                                          os.path.normpath(args.base_path))))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_clip.layers.transformer import ResidualAttentionBlock, layer_norm
+from keras_clip.strategy import replica_logs
 from keras_dalle.dalle_presets import get_dalle_preset
 from keras_dalle.patterns import PatternAttention, default_schedule
 
@@ -297,6 +298,29 @@ class DALLE(keras.Model):
         loss = self.text_loss_weight * text_loss + self.image_loss_weight * image_loss
         return loss, text_loss, image_loss
 
+    # --- sampling -----------------------------------------------------------------------------
+    def generate(self, prompts, num_samples=1, temperature=1.0, top_k=None, top_p=None, seed=0,
+                 image_prefix_tokens=None, use_cache=True, vae=None, rerank=None, keep=None):
+        """Sample images for prompts (strings or text ids [B, text_len]).
+
+        The autoregressive loop is one XLA-compiled `tf.while_loop` with a static key/value
+        cache for every layer (`keras_dalle.sampling`); `use_cache=False` recomputes the whole
+        stream each step (the reference path). With `vae` the tokens are decoded; with `rerank`
+        (a `keras_clip.CLIP`) each prompt's samples are sorted by CLIP score and the best
+        `keep` returned. Returns a dict: "image_tokens" [B, S, h, w], and "images",
+        "scores", "order" as available (see `keras_dalle.generate.generate`).
+
+        Example:
+            >>> out = model.generate(["a red circle"], num_samples=8, vae=vae, rerank=clip,
+            ...                      keep=2, seed=0)
+        """
+        from keras_dalle.generate import generate
+
+        return generate(self, prompts, vae=vae, num_samples=num_samples, temperature=temperature,
+                        top_k=top_k, top_p=top_p, seed=seed,
+                        image_prefix_tokens=image_prefix_tokens, use_cache=use_cache,
+                        rerank=rerank, keep=keep)
+
     # --- training -----------------------------------------------------------------------------
     def compile(self, optimizer="adamw", *, xla=True, **kwargs):
         """Configure training; the loss is built in (no `loss`/`metrics` arguments).
@@ -378,13 +402,7 @@ class DALLE(keras.Model):
         self.loss_tracker.update_state(loss)
         self.text_loss_tracker.update_state(text_loss)
         self.image_loss_tracker.update_state(image_loss)
-        logs = {m.name: m.result() for m in self.metrics}
-        strategy = self.distribute_strategy
-        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
-                strategy.extended._in_multi_worker_mode():
-            # Keras reduces multi-worker logs with a mean over axis 0, which needs rank >= 1.
-            return {k: tf.reshape(tf.cast(v, "float32"), [1]) for k, v in logs.items()}
-        return logs
+        return replica_logs(self.distribute_strategy, {m.name: m.result() for m in self.metrics})
 
     def get_config(self):
         config = super().get_config()

@@ -9,9 +9,9 @@ the layer's pattern mask, and samples the next image token. Nothing is recompute
 
 Uncached path (`use_cache=False`, the reference): every step runs the full model over the whole
 stream (future positions hold placeholder tokens, which causality keeps out of the result) and
-reads the logits of the current position. Both paths draw step j's sample with the same
-stateless seed (seed, j), so greedy decoding — and, up to float rounding of the logits, seeded
-sampling — gives identical tokens.
+reads the logits of the current position. Both paths draw step j's sample with Gumbel-max
+noise that is a pure function of (seed, j, row, token), so greedy decoding — and, up to float
+rounding of the logits, seeded sampling — gives identical tokens, with or without XLA.
 
 Example:
     >>> tokens = sample_image_tokens(model, text_ids, num_samples=4, seed=0)   # [B, 4, h, w]
@@ -52,12 +52,35 @@ def filter_logits(logits, temperature=1.0, top_k=None, top_p=None):
     return logits
 
 
+def _mix32(x):
+    """A 32-bit integer hash (lowbias32): uint32 → well-mixed uint32."""
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+    x = x * tf.constant(0x7FEB352D, tf.uint32)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 15))
+    x = x * tf.constant(0x846CA68B, tf.uint32)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+
+
+def _gumbel_noise(shape, seed, step):
+    """Gumbel(0, 1) noise [B, V] that is a pure function of (seed, step, position).
+
+    Counter-based integer hashing rather than tf.random's stateless ops: those give different
+    numbers under XLA and in plain TF graphs, and the same seed must give the same image in the
+    XLA-compiled Python loop and in the (XLA-free) TF Serving export.
+    """
+    key = _mix32(_mix32(tf.cast(seed, tf.uint32))
+                 + tf.cast(step, tf.uint32) * tf.constant(0x9E3779B9, tf.uint32))
+    index = tf.reshape(tf.range(tf.reduce_prod(shape)), shape)
+    bits = _mix32(_mix32(tf.bitwise.bitwise_xor(tf.cast(index, tf.uint32), key)) + key)
+    uniform = (tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) + 0.5) * 2.0**-24  # (0, 1)
+    return -tf.math.log(-tf.math.log(uniform))
+
+
 def _draw(logits, seed, step, temperature, top_k, top_p):
-    """One int32 sample [B] per row of logits, from the stateless seed (seed, step)."""
+    """One int32 sample [B] per row of logits (Gumbel-max), determined by (seed, step)."""
     filtered = filter_logits(logits, temperature, top_k, top_p)
-    sample = tf.random.stateless_categorical(filtered, 1, seed=tf.stack([seed, step]),
-                                             dtype=tf.int32)
-    return sample[:, 0]
+    noise = _gumbel_noise(tf.shape(filtered), seed, step)
+    return tf.argmax(filtered + noise, axis=-1, output_type=tf.int32)
 
 
 def _merge_heads(y):

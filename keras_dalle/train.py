@@ -36,7 +36,7 @@ import tensorflow as tf
 from keras_clip.saving import save_model_atomic
 from keras_clip.strategy import STRATEGIES, make_strategy
 from keras_clip.text.tokenizer import VOCAB_SIZE
-from keras_dalle.callbacks import TokensPerSecond
+from keras_dalle.callbacks import SampleGrid, TokensPerSecond
 from keras_dalle import vae as _vae  # noqa: F401  (registers DiscreteVAE for load_model)
 from keras_dalle.dalle_presets import DALLE_PRESETS
 from keras_dalle.data import (dalle_dataset, encode_token_arrays, token_dataset,
@@ -76,13 +76,14 @@ def train_dalle(vae, data="shapes", preset="dalle-shapes", epochs=4, steps_per_e
                 batch_size=16, learning_rate=1e-3, weight_decay=0.01, logdir=None, output=None,
                 strategy="default", cpu_replicas=None, mixed_precision=False, xla=True,
                 attention_impl=None, num_examples=4_000, heldout_examples=300, eval_data=None,
-                seed=0, verbose=2, **model_overrides):
+                seed=0, verbose=2, sample_prompts=None, **model_overrides):
     """Build, train, evaluate and save a `DALLE`; returns a result dict.
 
     vae: a `DiscreteVAE` or the path of a saved one (frozen; tokenizes the images).
     batch_size: the global batch (split over replicas). Returns dict(model, history,
     heldout_image_loss, unigram_entropy, unigram_heldout_cross_entropy, train_seconds,
-    output, config).
+    output, config). ``sample_prompts``: prompts whose samples go to TensorBoard each epoch
+    (needs ``logdir``).
 
     Example:
         >>> result = train_dalle("dvae.keras", preset="dalle-shapes", epochs=1, steps_per_epoch=5)
@@ -135,6 +136,8 @@ def train_dalle(vae, data="shapes", preset="dalle-shapes", epochs=4, steps_per_e
     if logdir:
         callbacks += [keras.callbacks.BackupAndRestore(os.path.join(logdir, "backup")),
                       keras.callbacks.TensorBoard(logdir, update_freq="epoch")]
+        if sample_prompts:
+            callbacks.append(SampleGrid(sample_prompts, vae, logdir, seed=seed))
     t0 = time.perf_counter()
     history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
                         callbacks=callbacks, verbose=verbose, shuffle=False)  # already shuffled
@@ -179,6 +182,8 @@ def _parser():
     p.add_argument("--no-xla", action="store_true", help="don't XLA-compile the per-replica step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2))
+    p.add_argument("--sample-prompts", nargs="*", default=None,
+                   help="prompts whose samples are written to TensorBoard after every epoch")
     return p
 
 
@@ -192,7 +197,7 @@ def main(argv=None):
         mixed_precision=args.mixed_precision, xla=not args.no_xla,
         attention_impl=args.attention_impl, num_examples=args.num_examples,
         heldout_examples=args.heldout_examples, eval_data=args.eval_data, seed=args.seed,
-        verbose=args.verbose)
+        verbose=args.verbose, sample_prompts=args.sample_prompts)
     h = result["history"]
     print(f"trained {len(h['loss'])} epochs in {result['train_seconds']:.0f} s; final loss "
           f"{h['loss'][-1]:.4f} (text {h['text_loss'][-1]:.4f}, image {h['image_loss'][-1]:.4f})")

@@ -144,3 +144,39 @@ def test_generate_cli_writes_a_png_grid(trio, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "CLIP scores" in printed and "a green star" in printed
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".grid-")]
+
+
+def test_prompt_fidelity_uses_single_object_heldout_prompts_and_scores_from_pixels(trio):
+    from keras_dalle.fidelity import fidelity_prompts, prompt_fidelity
+
+    prompts, colours = fidelity_prompts(6)
+    assert len(set(prompts)) == 6
+    assert all(c in p and " of " not in p and "above" not in p for p, c in zip(prompts, colours))
+    dalle, vae, clip = trio
+    r = prompt_fidelity(dalle, vae, clip, num_prompts=2, num_samples=5, keep=2, chunk=2)
+    assert r["prompts"] == prompts[:2]
+    assert 0.0 <= r["before"] <= 1.0 and 0.0 <= r["after"] <= 1.0
+    # 10 samples before, 4 kept after: shares are multiples of 1/10 and 1/4
+    assert round(r["before"] * 10, 6).is_integer() and round(r["after"] * 4, 6).is_integer()
+
+
+def test_model_generate_and_the_tensorboard_sample_grid(trio, tmp_path):
+    from keras_dalle.callbacks import SampleGrid
+
+    dalle, vae, clip = trio
+    prompts = ["a red circle", "a blue square"]
+    out = dalle.generate(prompts, num_samples=5, vae=vae, seed=0)
+    np.testing.assert_array_equal(out["image_tokens"],
+                                  generate(dalle, prompts, vae=vae, num_samples=5, seed=0)["image_tokens"])
+    callback = SampleGrid(prompts, vae, str(tmp_path), num_samples=5)
+    callback.set_model(dalle)
+    callback.on_epoch_end(0)
+    images = {}
+    for event_file in (tmp_path / "samples").iterdir():
+        for record in tf.data.TFRecordDataset(str(event_file)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                images[value.tag] = tf.make_ndarray(value.tensor)
+    assert set(images) == {f"samples/{p}" for p in prompts}
+    # width, height, then the PNG: one 16 x (5 x 16) row of samples per prompt
+    assert [int(x) for x in images["samples/a red circle"][:2]] == [80, 16]
