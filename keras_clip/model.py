@@ -10,6 +10,7 @@ from keras import ops
 from keras_clip.loss import contrastive_loss
 from keras_clip.preprocessing import OPENAI_MEAN, OPENAI_STD
 from keras_clip.presets import get_preset
+from keras_clip.strategy import replica_logs
 from keras_clip.text.cbow import CBOWTextEncoder
 from keras_clip.text.transformer import TextTransformer
 from keras_clip.vision.resnet import ModifiedResNet
@@ -269,12 +270,7 @@ class CLIP(keras.Model):
         return self._logs(loss=self.loss_tracker.result())
 
     def _logs(self, **values):
-        strategy = self.distribute_strategy
-        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
-                strategy.extended._in_multi_worker_mode():
-            # Keras reduces multi-worker logs with a mean over axis 0, which needs a rank >= 1.
-            return {k: tf.reshape(tf.cast(v, "float32"), [1]) for k, v in values.items()}
-        return values
+        return replica_logs(self.distribute_strategy, values)
 
     def get_config(self):
         config = super().get_config()

@@ -68,3 +68,15 @@ def is_chief():
     return task.get("type", "worker") in ("chief",) or (
         task.get("type", "worker") == "worker" and task.get("index", 0) == 0
         and "chief" not in config.get("cluster", {}))
+
+
+def replica_logs(strategy, logs):
+    """``train_step`` logs fit for Keras' reduction under ``strategy``.
+
+    Keras reduces MultiWorkerMirroredStrategy logs with a mean over axis 0, which needs rank >= 1:
+    scalars become shape [1] there; elsewhere ``logs`` is returned as is.
+    """
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
+            strategy.extended._in_multi_worker_mode():
+        return {k: tf.reshape(tf.cast(v, "float32"), [1]) for k, v in logs.items()}
+    return logs
