@@ -83,8 +83,9 @@ demo-generate: $(STAMP)
 
 demo-serve: $(STAMP)
 	test -f $(DEMO)/clip.keras || $(MAKE) --no-print-directory demo-clip-train
-	$(PY) -m export.demo_serve --clip $(DEMO)/clip.keras --out $(DEMO)/serving \
-		$(if $(wildcard $(DEMO)/dvae.keras),--dvae $(DEMO)/dvae.keras)
+	$(PY) -m export.demo_serve --clip $(DEMO)/clip.keras --out $(DEMO)/serving --fast-load \
+		$(if $(wildcard $(DEMO)/dvae.keras),--dvae $(DEMO)/dvae.keras) \
+		$(if $(wildcard $(DEMO)/dalle.keras),--dalle $(DEMO)/dalle.keras)
 
 # TFLite models of the demo CLIP towers and dVAE decoder, each checked against Keras (full int8
 # misses the 0.99 cosine gate and is refused: see BENCHMARKS.md).

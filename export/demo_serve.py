@@ -90,8 +90,8 @@ def query_clip(client, image_size, num_images=6, seed=0):
         print(f"  {mark} {caption!r:60} → image {nearest[i]} (true {i})")
     retrieval = float(np.mean(nearest == np.arange(num_images)))
 
-    # The export's template "a photo of a {}." turns each class name into its prompt, as
-    # keras_clip.data.shapes.class_prompts() does.
+    # The export's template (here "a large {}", the demo captions' form) turns each class name
+    # into its prompt.
     _step(f"zero-shot: {num_images} images among the {len(names)} shapes classes")
     out = client.zero_shot(images, names)
     for i, (label, probs) in enumerate(zip(out["label"], out["probabilities"])):
