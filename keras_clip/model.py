@@ -10,7 +10,7 @@ from keras import ops
 from keras_clip.loss import contrastive_loss
 from keras_clip.preprocessing import OPENAI_MEAN, OPENAI_STD
 from keras_clip.presets import get_preset
-from keras_clip.strategy import replica_logs
+from keras_clip.strategy import build_optimizer_slots, replica_logs
 from keras_clip.text.cbow import CBOWTextEncoder
 from keras_clip.text.transformer import TextTransformer
 from keras_clip.vision.resnet import ModifiedResNet
@@ -211,12 +211,7 @@ class CLIP(keras.Model):
         super().compile(optimizer=optimizer, **kwargs)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras builds here by averaging a whole first batch over replicas (strategy.reduce of
-        # a dict), which MultiWorkerMirroredStrategy rejects. CLIP is built in __init__ and has
-        # no compiled losses/metrics: only the optimizer's slots need creating.
-        if self.optimizer is not None and not self.optimizer.built:
-            with self.distribute_strategy.scope():
-                self.optimizer.build(self.trainable_variables)
+        build_optimizer_slots(self)  # CLIP is built in __init__; see the function
 
     @property
     def metrics(self):

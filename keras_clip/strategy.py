@@ -80,3 +80,15 @@ def replica_logs(strategy, logs):
             strategy.extended._in_multi_worker_mode():
         return {k: tf.reshape(tf.cast(v, "float32"), [1]) for k, v in logs.items()}
     return logs
+
+
+def build_optimizer_slots(model):
+    """What `Model._maybe_symbolic_build` must do for a model built in ``__init__`` with its
+    loss in ``train_step``: create the optimizer's slots, nothing else.
+
+    Keras' default builds by reducing a whole first batch over the replicas
+    (``strategy.reduce`` of a dict), which MultiWorkerMirroredStrategy rejects.
+    """
+    if model.optimizer is not None and not model.optimizer.built:
+        with model.distribute_strategy.scope():
+            model.optimizer.build(model.trainable_variables)

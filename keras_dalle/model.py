@@ -36,7 +36,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_clip.layers.transformer import ResidualAttentionBlock, layer_norm
-from keras_clip.strategy import replica_logs
+from keras_clip.strategy import build_optimizer_slots, replica_logs
 from keras_dalle.dalle_presets import get_dalle_preset
 from keras_dalle.patterns import PatternAttention, default_schedule
 
@@ -355,11 +355,7 @@ class DALLE(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Built in __init__ with no compiled losses: only the optimizer slots need creating
-        # (Keras' default reduces a whole batch over replicas, which MultiWorker rejects).
-        if self.optimizer is not None and not self.optimizer.built:
-            with self.distribute_strategy.scope():
-                self.optimizer.build(self.trainable_variables)
+        build_optimizer_slots(self)  # built in __init__; see the function
 
     @property
     def metrics(self):

@@ -47,7 +47,9 @@ def single(tmp_path_factory):
     return _load(out)
 
 
-@pytest.mark.parametrize("xla", [False, True], ids=["plain", "xla_towers"])
+# The XLA-towers variant (the default) runs in `make test`; the plain one in `make test-slow`.
+@pytest.mark.parametrize("xla", [pytest.param(False, marks=pytest.mark.slow), True],
+                         ids=["plain", "xla_towers"])
 def test_two_mirrored_replicas_match_one_device_step(single, tmp_path, xla):
     out = tmp_path / "mirrored.npz"
     _finish(_run(out, "--strategy", "mirrored", *(["--xla"] if xla else [])))

@@ -35,6 +35,7 @@ def _weights(path):
     return [v.numpy() for v in keras.saving.load_model(str(path)).weights]
 
 
+@pytest.mark.slow  # ~90 s on 2 cores: `make test-slow`
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
     _run(_cmd(tmp_path / "a", tmp_path / "a.keras"))
 
