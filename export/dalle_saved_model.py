@@ -23,6 +23,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
+from export.dvae_saved_model import images_to_png
 from export.saved_model import (_check_batch, _checked, _next_version, run_export_cli,
                                 write_version_atomic)
 
@@ -68,15 +69,10 @@ class DALLEServingModule(tf.Module):
 
     def _clip_scores(self, images, prompts, num_samples):
         """100·cos of each image [B·S, H, W, 3] in [0, 1] with its prompt → [B, S]."""
-        from keras_clip.preprocessing import OPENAI_MEAN, OPENAI_STD
+        from keras_dalle.rerank import clip_image_embeddings, clip_text_embeddings
 
-        size = self.clip.image_size
-        x = tf.clip_by_value(tf.image.resize(images, (size, size), method="bicubic",
-                                             antialias=True), 0.0, 1.0)
-        x = (x - tf.constant(OPENAI_MEAN)) / tf.constant(OPENAI_STD)
-        img = tf.math.l2_normalize(tf.cast(self.clip.encode_image(x), tf.float32), axis=-1)
-        txt = tf.math.l2_normalize(tf.cast(self.clip.encode_text(self.clip_tokenizer(prompts)),
-                                           tf.float32), axis=-1)
+        img = clip_image_embeddings(self.clip, images)
+        txt = clip_text_embeddings(self.clip, self.clip_tokenizer(prompts))
         txt = tf.repeat(txt, num_samples, axis=0)
         return tf.reshape(100.0 * tf.reduce_sum(img * txt, axis=-1), [-1, num_samples])
 
@@ -105,9 +101,7 @@ class DALLEServingModule(tf.Module):
         shape = tf.shape(images)
         images = tf.reshape(images, tf.concat([[batch, num_samples], shape[1:]], axis=0))
         kept = tf.gather(images, order, batch_dims=1)  # [B, keep, H, W, 3]
-        pixels = tf.cast(tf.round(tf.clip_by_value(kept, 0.0, 1.0) * 255.0), tf.uint8)
-        flat = tf.reshape(pixels, tf.concat([[-1], shape[1:]], axis=0))
-        png = tf.map_fn(tf.io.encode_png, flat, fn_output_signature=tf.TensorSpec([], tf.string))
+        png = images_to_png(tf.reshape(kept, tf.concat([[-1], shape[1:]], axis=0)))
         return {"images": tf.reshape(png, [batch, keep]), "scores": kept_scores}
 
 

@@ -5,8 +5,8 @@ Signature ``serving_default`` = ``decode``: ``tokens`` int32 [B, h, w] (codebook
 Out-of-range ids fail with an InvalidArgumentError naming the range. Written in the same atomic
 TF Serving layout as the CLIP export (``export.saved_model.write_version_atomic``).
 
-This is the seam for DALL·E: a ``generate`` signature (prompt → tokens → PNG) will reuse
-``DVAEServingModule._to_png``.
+The DALL·E ``generate`` export (``export.dalle_saved_model``) encodes its PNGs with the same
+``images_to_png``.
 
 Example:
     >>> export_dvae(dvae_from_preset("dvae-tiny"), "models/dvae")
@@ -21,6 +21,12 @@ import sys
 import tensorflow as tf
 
 from export.saved_model import _next_version, run_export_cli, write_version_atomic
+
+
+def images_to_png(images):
+    """float [B, H, W, C] in [0, 1] → PNG bytes [B] (in-graph; used by the DALL·E export too)."""
+    pixels = tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0), tf.uint8)
+    return tf.map_fn(tf.io.encode_png, pixels, fn_output_signature=tf.TensorSpec([], tf.string))
 
 
 class DVAEServingModule(tf.Module):
@@ -38,11 +44,6 @@ class DVAEServingModule(tf.Module):
         spec = tf.TensorSpec([None, None, None], tf.int32, name="tokens")
         self.decode = tf.function(self._decode, input_signature=[spec])  # no XLA: stock server
 
-    def _to_png(self, images):
-        """float [B, H, W, C] in [0, 1] → PNG bytes [B]."""
-        pixels = tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0), tf.uint8)
-        return tf.map_fn(tf.io.encode_png, pixels, fn_output_signature=tf.TensorSpec([], tf.string))
-
     def _decode(self, tokens):
         vocab = self.vae.vocab_size
         checks = [
@@ -53,7 +54,7 @@ class DVAEServingModule(tf.Module):
         ]
         with tf.control_dependencies(checks):
             tokens = tf.identity(tokens)
-        return {"images": self._to_png(tf.cast(self.vae.decode(tokens), tf.float32))}
+        return {"images": images_to_png(tf.cast(self.vae.decode(tokens), tf.float32))}
 
 
 def export_dvae(vae, base_path, version=None, overwrite=False):

@@ -24,7 +24,7 @@ Example:
     12195294848
 """
 
-import copy
+from keras_dalle.presets import lookup_preset
 
 __all__ = ["DALLE_PRESETS", "get_dalle_preset", "dalle_param_count"]
 
@@ -43,10 +43,7 @@ DALLE_PRESETS = {
 
 def get_dalle_preset(name):
     """A (deep) copy of preset `name`'s `DALLE` config; ValueError naming the presets."""
-    if name not in DALLE_PRESETS:
-        raise ValueError(f"Unknown DALL·E preset {name!r}. Available presets: "
-                         f"{', '.join(DALLE_PRESETS)}")
-    return copy.deepcopy(DALLE_PRESETS[name])
+    return lookup_preset(DALLE_PRESETS, name, "DALL·E")
 
 
 def dalle_param_count(config):

@@ -39,21 +39,10 @@ from keras_clip.layers.transformer import ResidualAttentionBlock, layer_norm
 from keras_clip.strategy import build_optimizer_slots, replica_logs
 from keras_dalle.dalle_presets import get_dalle_preset
 from keras_dalle.patterns import PatternAttention, default_schedule
+from keras_dalle.vae import _check_positive_int, _is_concrete
 
 PATTERNS = ("full", "row", "column", "conv")
 ATTENTION_IMPLS = ("sparse", "masked_dense")
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _is_concrete(x):
-    if isinstance(x, (np.ndarray, list, tuple)):
-        return True
-    return tf.is_tensor(x) and tf.executing_eagerly() and hasattr(x, "numpy")
 
 
 def sparse_cross_entropy(logits, targets):
@@ -102,16 +91,16 @@ class DALLE(keras.Model):
                  attention_impl="sparse", kernel_size=11, pad_id=0, text_loss_weight=0.125,
                  image_loss_weight=0.875, tie_embeddings=False, **kwargs):
         super().__init__(**kwargs)
-        self.text_len = _positive_int("text_len", text_len)
+        self.text_len = _check_positive_int("text_len", text_len)
         if self.text_len < 2:
             raise ValueError(f"text_len must be >= 2 (text targets are text[1:]), got {text_len}")
-        self.grid_height = _positive_int("grid_height", grid_height)
-        self.grid_width = _positive_int("grid_width", grid_width)
-        self.text_vocab_size = _positive_int("text_vocab_size", text_vocab_size)
-        self.image_vocab_size = _positive_int("image_vocab_size", image_vocab_size)
-        self.width = _positive_int("width", width)
-        self.num_layers = _positive_int("num_layers", num_layers)
-        self.num_heads = _positive_int("num_heads", num_heads)
+        self.grid_height = _check_positive_int("grid_height", grid_height)
+        self.grid_width = _check_positive_int("grid_width", grid_width)
+        self.text_vocab_size = _check_positive_int("text_vocab_size", text_vocab_size)
+        self.image_vocab_size = _check_positive_int("image_vocab_size", image_vocab_size)
+        self.width = _check_positive_int("width", width)
+        self.num_layers = _check_positive_int("num_layers", num_layers)
+        self.num_heads = _check_positive_int("num_heads", num_heads)
         if self.width % self.num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
         self.mlp_ratio = float(mlp_ratio)
@@ -127,7 +116,7 @@ class DALLE(keras.Model):
             raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got "
                              f"{attention_impl!r}")
         self.attention_impl = attention_impl
-        self.kernel_size = _positive_int("kernel_size", kernel_size)
+        self.kernel_size = _check_positive_int("kernel_size", kernel_size)
         self.pad_id = int(pad_id)
         if not 0 <= self.pad_id < self.text_vocab_size:
             raise ValueError(f"pad_id must be in [0, {self.text_vocab_size}), got {pad_id}")

@@ -78,20 +78,21 @@ TRAINING_PRESETS = {
 }
 
 
+def lookup_preset(table, name, kind):
+    """A (deep) copy of ``table[name]``; ValueError naming the ``kind`` presets there are."""
+    if name not in table:
+        raise ValueError(f"Unknown {kind} preset {name!r}. Available presets: {', '.join(table)}")
+    return copy.deepcopy(table[name])
+
+
 def get_preset(name):
     """A (deep) copy of preset `name`'s `DiscreteVAE` config; ValueError naming the presets."""
-    if name not in PRESETS:
-        raise ValueError(f"Unknown dVAE preset {name!r}. Available presets: "
-                         f"{', '.join(PRESETS)}")
-    return copy.deepcopy(PRESETS[name])
+    return lookup_preset(PRESETS, name, "dVAE")
 
 
 def get_training_preset(name):
     """A (deep) copy of preset `name`'s training hyper-parameters."""
-    if name not in TRAINING_PRESETS:
-        raise ValueError(f"Unknown dVAE preset {name!r}. Available presets: "
-                         f"{', '.join(TRAINING_PRESETS)}")
-    return copy.deepcopy(TRAINING_PRESETS[name])
+    return lookup_preset(TRAINING_PRESETS, name, "dVAE")
 
 
 def dvae_from_preset(name, **overrides):

@@ -12,19 +12,29 @@ from keras_clip.model import l2_normalize
 from keras_clip.preprocessing import OPENAI_MEAN, OPENAI_STD
 from keras_clip.text.tokenizer import tokenize
 
-__all__ = ["clip_scores", "rerank_samples"]
+__all__ = ["clip_scores", "clip_image_embeddings", "clip_text_embeddings", "rerank_samples"]
 
 
-def _clip_images(clip, images):
-    """float [N, H, W, 3] in [0, 1] → CLIP-normalised float32 at the CLIP model's size."""
-    x = tf.convert_to_tensor(np.asarray(images, np.float32))
+def clip_image_embeddings(clip, images):
+    """L2-normalised float32 CLIP embeddings [N, D] of float images [N, H, W, 3] in [0, 1].
+
+    TF ops only (the DALL·E serving export calls it in its graph): bicubic resize to the CLIP
+    model's size when needed, OpenAI normalisation, the image tower.
+    """
+    x = tf.convert_to_tensor(images, tf.float32)
     if x.shape.rank != 4 or x.shape[-1] != 3:
         raise ValueError(f"images must be float [N, H, W, 3] in [0, 1], got shape {x.shape}")
     size = clip.image_size
     if tuple(x.shape[1:3]) != (size, size):
         x = tf.clip_by_value(tf.image.resize(x, (size, size), method="bicubic", antialias=True),
                              0.0, 1.0)
-    return (x - tf.constant(OPENAI_MEAN)) / tf.constant(OPENAI_STD)
+    x = (x - tf.constant(OPENAI_MEAN)) / tf.constant(OPENAI_STD)
+    return l2_normalize(tf.cast(clip.encode_image(x), tf.float32))
+
+
+def clip_text_embeddings(clip, token_ids):
+    """L2-normalised float32 CLIP embeddings [N, D] of token ids [N, context_length]."""
+    return l2_normalize(tf.cast(clip.encode_text(token_ids), tf.float32))
 
 
 def clip_scores(clip, images, prompts, batch_size=64):
@@ -39,13 +49,12 @@ def clip_scores(clip, images, prompts, batch_size=64):
     if len(prompts) != len(images):
         raise ValueError(f"need one prompt per image: {len(images)} images, {len(prompts)} prompts")
     unique = sorted(set(prompts))
-    text = l2_normalize(tf.cast(clip.encode_text(
-        tokenize(unique, context_length=clip.context_length, truncate=True)), tf.float32))
+    text = clip_text_embeddings(clip, tokenize(unique, context_length=clip.context_length,
+                                               truncate=True))
     index = tf.constant([unique.index(p) for p in prompts])
     scores = []
     for start in range(0, len(prompts), batch_size):
-        x = _clip_images(clip, images[start:start + batch_size])
-        img = l2_normalize(tf.cast(clip.encode_image(x), tf.float32))
+        img = clip_image_embeddings(clip, np.asarray(images[start:start + batch_size], np.float32))
         txt = tf.gather(text, index[start:start + batch_size])
         scores.append(100.0 * tf.reduce_sum(img * txt, axis=-1))
     return tf.concat(scores, axis=0).numpy()

@@ -102,6 +102,7 @@ class _Sampler:
         self.masks = [
             tf.constant(pattern_mask(block.attention_kernel.pattern, n, h, w, model.kernel_size))
             for block in model.blocks]  # one (T, T) bool mask per layer
+        self.compiled = {}  # (use_cache, xla, temperature, top_k, top_p) → tf.function
 
     # --- embeddings ---------------------------------------------------------------------------
     def _image_input(self, previous_tokens, positions):
@@ -245,7 +246,7 @@ def sample_image_tokens(model, text_token_ids, num_samples=1, temperature=1.0, t
     sampler = _get_sampler(model)
     fn = sampler.run_cached if use_cache else sampler.run_uncached
     key = (use_cache, xla, float(temperature), top_k, top_p)
-    compiled = sampler.__dict__.setdefault("compiled", {})
+    compiled = sampler.compiled
     if key not in compiled:
         compiled[key] = tf.function(
             lambda t, p, s: fn(t, p, s, float(temperature), top_k, top_p), jit_compile=xla)

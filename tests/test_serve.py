@@ -27,14 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_MESSAGE_BYTES = 1_000_000  # small, so the oversized-message test stays cheap
 
 
-def _png(h, w, seed):
-    rng = np.random.default_rng(seed)
-    return tf.io.encode_png(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).numpy()
-
-
-def _normalize(x):
-    x = np.asarray(x, np.float64)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+from test_export_saved_model import _normalize, _png  # noqa: E402  (shared test helpers)
 
 
 class Server:
