@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_clip.layers.attention import MultiHeadAttention, dot_product_attention  # noqa: E402
-from keras_dalle.patterns import PatternAttention, attention_logit_count  # noqa: E402
+from keras_dalle.patterns import PatternAttention, _make_plan, attention_logit_count  # noqa: E402
 
 
 def core_case(name, kernel, q, k, v):
@@ -102,9 +102,12 @@ def main():
     parser.add_argument("--layer-grid", type=int, default=32, help="grid for the whole-layer rows (0: skip)")
     parser.add_argument("--layer-width", type=int, default=256)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--blocks", type=int, nargs="*", default=[],
+                        help="also time the sparse kernel with these forced block sizes (tuning)")
     args = parser.parse_args()
 
     cases = {}  # (grid, pattern, impl) -> callable
+    block_plans = {}  # forced-block sparse cases -> their kernel
     for g in args.grids:
         t = args.text_len + g * g
         shape = (args.batch, args.heads, t, args.head_dim)
@@ -114,6 +117,15 @@ def main():
             for impl in ("sparse", "masked_dense"):
                 kernel = PatternAttention(pattern, args.text_len, g, g, args.kernel_size, impl=impl)
                 cases[(g, pattern, impl)] = core_case(f"core_{g}_{pattern}_{impl}", kernel, q, k, v)
+            for block in args.blocks:
+                kernel = PatternAttention(pattern, args.text_len, g, g, args.kernel_size)
+                try:
+                    kernel.plan = _make_plan(pattern, args.text_len, g, g, args.kernel_size, (block,))
+                except ValueError:
+                    continue  # the block size does not tile this grid
+                cases[(g, pattern, f"sparse_b{block}")] = core_case(
+                    f"core_{g}_{pattern}_sparse_b{block}", kernel, q, k, v)
+                block_plans[(g, pattern, f"sparse_b{block}")] = kernel
     if args.layer_grid:
         g = args.layer_grid
         t = args.text_len + g * g
@@ -160,10 +172,12 @@ def main():
         p = pattern.split()[-1]
         if p in ("any", "layer"):
             logits = (args.text_len + g * g) ** 2
+        elif key in block_plans:
+            logits = args.text_len * (args.text_len + g * g) + block_plans[key].plan.logits(g * g)
         else:
             logits = attention_logit_count(p, args.text_len, g, g, args.kernel_size, impl=impl)
         ratio_t = ratio_m = ratio_temp = ""
-        if impl == "sparse":
+        if impl.startswith("sparse"):
             dense = (g, pattern, "masked_dense")
             ratio_t = f"{median[dense] / median[key]:.2f}×"
             ratio_m = f"{memory[dense][0] / memory[key][0]:.2f}×"

@@ -31,12 +31,16 @@ Example:
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from keras_clip.layers.attention import dot_product_attention
 
 PATTERNS = ("full", "row", "column", "conv")
 IMPLS = ("sparse", "masked_dense")
+# Plan cost of one element of the key/value windows, in logits (a logit is a head_dim-long dot
+# product); tuned with benchmarks/sparse_attention.py --blocks.
+_WINDOW_COPY_COST = 4.0
 
 
 def default_schedule(num_layers):
@@ -123,56 +127,63 @@ def attention_logit_count(pattern, text_len, grid_height, grid_width, kernel_siz
     kernel = PatternAttention(pattern, text_len, grid_height, grid_width, kernel_size, impl=impl)
     if kernel.plan is None:  # dense
         return kernel.seq_len ** 2
-    # Every (padded) position against the text keys, plus each piece on every block.
-    s = kernel.plan.block
-    length = -text_len % s + kernel.seq_len
-    return length * text_len + len(kernel.plan.pieces) * length * s
+    return text_len * kernel.seq_len + kernel.plan.logits(grid_height * grid_width)
 
 
-class _BlockPlan:
-    """How the sparse kernel covers the image → image mask: split the image tokens (in raster
-    order, or column-major for "column") into blocks of ``block`` tokens; query block i meets
-    key block i − j through one constant (block, block) mask per ``(j, mask)`` in ``pieces``.
-    Block diagonals j whose entries are all masked are never computed."""
+class _WindowPlan:
+    """Which image keys the sparse kernel computes: the image tokens (raster order; column-major
+    for "column") are cut into query blocks of ``block`` tokens, and every query block i meets
+    the same key offsets relative to its start (``offsets``: keys i·block + offset), the union
+    over blocks of the offsets its mask rows use. The offsets come in ``pieces`` (start, length)
+    — contiguous runs of at most ``block`` keys, so each is one slice of the (padded) keys —
+    and ``mask`` (blocks, block, keys) holds the pattern on them (False off the grid)."""
 
-    def __init__(self, view_mask, block):
+    def __init__(self, view_mask, block, merge_gap=4):
         n = view_mask.shape[0]
         blocks = n // block
-        grid = view_mask.reshape(blocks, block, blocks, block).transpose(0, 2, 1, 3)
-        self.block, self.pieces = block, []
-        for j in range(blocks):
-            diagonal = np.diagonal(grid, offset=-j, axis1=0, axis2=1)  # (block, block, blocks−j)
-            if not diagonal.any():
-                continue
-            if not (diagonal == diagonal[..., :1]).all():
-                raise ValueError(f"mask is not block-translation-invariant at block {block}")
-            self.pieces.append((j, diagonal[..., 0].copy()))
+        queries, keys = np.nonzero(view_mask)
+        runs = []  # [start, length] of offset runs; gaps up to merge_gap are computed too
+        for offset in np.unique(keys - queries // block * block):
+            if runs and offset - (runs[-1][0] + runs[-1][1]) <= merge_gap:
+                runs[-1][1] = offset - runs[-1][0] + 1
+            else:
+                runs.append([offset, 1])
+        self.block = block
+        self.pieces = [(int(start + c), int(min(block, length - c)))
+                       for start, length in runs for c in range(0, length, block)]
+        self.offsets = np.concatenate([np.arange(a, a + size) for a, size in self.pieces])
+        key_index = np.arange(blocks)[:, None] * block + self.offsets  # (blocks, keys)
+        on_grid = (key_index >= 0) & (key_index < n)
+        rows = np.arange(n).reshape(blocks, block)
+        self.mask = on_grid[:, None] & view_mask[rows[:, :, None], np.clip(key_index, 0, n - 1)[:, None]]
+        # Zero padding around the n image keys so that every piece's n-long slice is in range.
+        self.front = max(0, -min(a for a, _ in self.pieces))
+        self.back = max(0, max(a for a, _ in self.pieces))
+
+    def logits(self, n):
+        """Image × image logits computed for n image tokens."""
+        return n * len(self.offsets)
 
     def cost(self, n, head_dim=64):
-        """Logits computed, plus one (n, head_dim) copy of the queries per shifted piece."""
-        blocks = n // self.block
-        logits = sum((blocks - j) * self.block ** 2 for j, _ in self.pieces)
-        return logits + n * head_dim * sum(j > 0 for j, _ in self.pieces)
+        """Logits, plus the key and value windows (keys / block copies of k and v) and their
+        gradients, in logit units (a logit is a head_dim-long dot product)."""
+        return self.logits(n) + _WINDOW_COPY_COST * n * head_dim * len(self.offsets) / self.block
 
 
-def _make_plan(pattern, text_len, grid_height, grid_width, kernel_size):
+def _make_plan(pattern, text_len, grid_height, grid_width, kernel_size, blocks=None):
+    """The cheapest ``_WindowPlan`` (``blocks``: candidate block sizes, default around one row
+    of the view)."""
     h, w = grid_height, grid_width
     image = pattern_mask(pattern, 0, h, w, kernel_size)
     if pattern == "column":
         view = np.arange(h * w).reshape(h, w).T.reshape(-1)  # raster index of each column-major slot
         image = image[np.ix_(view, view)]
         h, w = w, h
-    # Candidate block sizes around one (view) row; a block size is usable when every block
-    # diagonal of the mask is one constant block (always true for whole rows).
-    plans = []
-    for block in (2 * w, w, w // 2, w // 4, w // 8):
-        if (block == w or block >= 4) and (h * w) % block == 0 and (block >= w or w % block == 0):
-            try:
-                plans.append(_BlockPlan(image, block))
-            except ValueError:
-                continue
-    # Prefer blocks that tile the text too (no padding copies), then the cheapest.
-    return min(plans, key=lambda plan: (text_len % plan.block != 0, plan.cost(h * w)))
+    candidates = blocks or sorted({b for b in (2 * w, w, w // 2, w // 4) if b >= min(w, 8)})
+    plans = [_WindowPlan(image, b) for b in candidates if (h * w) % b == 0]
+    if not plans:
+        raise ValueError(f"no block size in {candidates} tiles the {h}x{w} grid")
+    return min(plans, key=lambda plan: plan.cost(h * w))
 
 
 @keras.saving.register_keras_serializable(package="keras_dalle")
@@ -182,14 +193,16 @@ class PatternAttention:
     ``impl="masked_dense"`` masks the full T × T logits with ``pattern_mask``.
     ``impl="sparse"`` computes the same result from only the blocks the pattern needs:
 
-    * every query against the text keys (T × text_len; causal among the text queries);
+    * text queries against the text keys (causal), image queries against all text keys;
     * the image, in raster order ("column": column-major, so its mask becomes a band too),
       cut into blocks of ``block`` tokens (a multiple or fraction of a row, chosen at
       construction: ``self.plan``); query block i meets key block i − j only for the few
       block offsets j where the mask has entries, each through ONE constant (block, block)
       mask shared by every block (the patterns are translation-invariant in that order);
-    * one softmax over the text and block logits, normalised after the weighted sums, so
-      no logits are concatenated; per offset j only the queries are shifted (one copy).
+    * one softmax over all pieces with a custom gradient in the style of FlashAttention: the
+      forward pass keeps only the output and each query's log-sum-exp, the backward pass
+      recomputes the probabilities piece by piece, and the heads run one after the other
+      (a loop), so peak memory holds one head's logits, not all of them.
 
     "full" is causal dense attention in both impls.
 
@@ -243,26 +256,13 @@ class PatternAttention:
 
     def _sparse(self, q, k, v):
         tl, h, w = self.text_len, self.grid_height, self.grid_width
-        pad = -tl % self.plan.block
-
-        def to_view(x):
-            # Text then the image in the plan's order, front-padded so the image starts on a
-            # block boundary; a no-op (no copy) for "row" / "conv" with aligned text.
-            if self.pattern != "column" and pad == 0:
-                return x
-            image = x[:, :, tl:]
-            if self.pattern == "column":
-                image = _transpose_grid(image, h, w)
-            return ops.concatenate([ops.zeros_like(x[:, :, :pad]), x[:, :, :tl], image], axis=2)
-
-        out = _blocked_attention(to_view(q), to_view(k), to_view(v), k[:, :, :tl], v[:, :, :tl],
-                                 self.plan, pad, tl)  # (B, heads, pad + T, d)
-        if self.pattern != "column" and pad == 0:
-            return out
-        image = out[:, :, pad + tl:]
+        if self.pattern == "column":  # column-major image order: the column band becomes a row band
+            q, k, v = (ops.concatenate([x[:, :, :tl], _transpose_grid(x[:, :, tl:], h, w)], axis=2)
+                       for x in (q, k, v))
+        out = _Core(self.plan, tl)(q, k, v)  # (B, heads, T, d)
         if self.pattern == "column":
-            image = _transpose_grid(image, w, h)
-        return ops.concatenate([out[:, :, pad:pad + tl], image], axis=2)  # (B, heads, T, d)
+            out = ops.concatenate([out[:, :, :tl], _transpose_grid(out[:, :, tl:], w, h)], axis=2)
+        return out
 
 
 def _transpose_grid(x, h, w):
@@ -273,70 +273,152 @@ def _transpose_grid(x, h, w):
     return ops.reshape(x, (-1, heads, h * w, d))
 
 
-def _shift_blocks(x, j, value=0.0):
-    """Move block i to block i + j along axis 2 (a static shift; vacated blocks get ``value``)."""
-    if j == 0:
-        return x
-    blocks = x.shape[2]
-    widths = [[0, 0], [0, 0], [j, 0]] + [[0, 0]] * (len(x.shape) - 3)
-    return ops.pad(x[:, :, :blocks - j], widths, constant_values=value)
+_NEG = -1e30  # masked logit: exp(_NEG − anything finite) is exactly 0 in float32
 
 
-def _unshift_blocks(x, j, value=0.0):
-    """Move block i to block i − j along axis 2 (the inverse of ``_shift_blocks``)."""
-    if j == 0:
-        return x
-    widths = [[0, 0], [0, 0], [0, j]] + [[0, 0]] * (len(x.shape) - 3)
-    return ops.pad(x[:, :, j:], widths, constant_values=value)
+def _logits(a, b, scale):
+    """a (..., m, d) · b (..., n, d)ᵀ in the inputs' dtype, scaled in float32: (..., m, n)."""
+    return tf.cast(tf.matmul(a, b, transpose_b=True), tf.float32) * scale
 
 
-def _blocked_attention(q, k, v, kt, vt, plan, pad, text_len):
-    """The sparse core on the padded view sequence (``pad`` dummy tokens, the text, then the
-    image in the plan's order): every query against the text keys (causal among text), image
-    queries also against the plan's key blocks; one softmax over both, normalised after the
-    weighted sums so no logits are concatenated. Returns (B, heads, pad + T, d)."""
-    heads, t, d = q.shape[1], q.shape[2], q.shape[3]
-    s = plan.block
-    blocks = t // s
-    first_image_block = (pad + text_len) // s
-    scale = d ** -0.5
+def _pad_blocks(x, before, after, value=0.0):
+    """Pad axis 2 (the block axis) of a (B, heads, blocks, ...) tensor."""
+    widths = [[0, 0], [0, 0], [before, after]] + [[0, 0]] * (len(x.shape) - 3)
+    return tf.pad(x, widths, constant_values=value)
 
-    def logits_f32(x):  # scale after the product: scaling q would copy it
-        return ops.cast(x, "float32") * scale
 
-    qb, kb, vb = (ops.reshape(x, (-1, heads, blocks, s, d)) for x in (q, k, v))  # (B, heads, blocks, s, d)
-    # Piece j pairs key block m with query block m + j, indexed by m: only the queries move,
-    # so one shifted copy of q per piece and none of k or v.
-    logits = []
-    for j, piece_mask in plan.pieces:
-        lj = logits_f32(ops.einsum("bhmsd,bhmtd->bhmst", _unshift_blocks(qb, j), kb))  # (B, heads, blocks, s, s)
-        key_is_image = np.arange(blocks) >= first_image_block
-        query_exists = np.arange(blocks) + j < blocks
-        mask = (key_is_image & query_exists)[:, None, None] & piece_mask  # (blocks, s, s)
-        logits.append(ops.where(ops.convert_to_tensor(mask), lj, -1e30))
-    text_mask = np.ones((t, text_len), dtype=bool)  # image (and padding) rows see all text
-    text_mask[pad:pad + text_len] = np.tril(np.ones((text_len, text_len), dtype=bool))
-    text = logits_f32(ops.einsum("bhnd,bhtd->bhnt", q, kt))  # (B, heads, pad + T, tl)
-    text = ops.where(ops.convert_to_tensor(text_mask), text, -1e30)
-    text = ops.reshape(text, (-1, heads, blocks, s, text_len))
+class _Core:
+    """The sparse core on (B, heads, T, d) tensors in view order (text, then the image in the
+    plan's order), in the style of FlashAttention: the forward pass keeps only the output and
+    each query's log-sum-exp; the backward pass recomputes the probabilities from them. So no
+    (T × keys) probability tensor lives from the forward to the backward pass; and the heads
+    run one after the other (a loop), so one head's logits are alive at a time.
 
-    # Shift by the running max over all pieces (in query-block index); the shift cancels out of
-    # the softmax, so it needs no gradient.
-    maxima = [ops.max(text, axis=-1)] if text_len else []
-    maxima += [_shift_blocks(ops.max(lj, axis=-1), j, -1e30) for (j, _), lj in zip(plan.pieces, logits)]
-    shift = ops.stop_gradient(ops.max(ops.stack(maxima), axis=0))  # (B, heads, blocks, s)
-    total = 0.0  # Σ exp: the softmax denominator, (B, heads, blocks, s)
-    out = 0.0  # Σ exp · v in float32, (B, heads, blocks, s, d)
-    for (j, _), lj in zip(plan.pieces, logits):
-        ej = ops.exp(lj - _unshift_blocks(shift, j)[..., None])  # masked entries: exp(−1e30) = 0
-        total = total + _shift_blocks(ops.sum(ej, axis=-1), j)
-        oj = ops.einsum("bhmst,bhmtd->bhmsd", ops.cast(ej, v.dtype), vb)
-        out = out + _shift_blocks(ops.cast(oj, "float32"), j)
-    if text_len:
-        et = ops.exp(text - shift[..., None])
-        total = total + ops.sum(et, axis=-1)
-        et = ops.reshape(ops.cast(et, v.dtype), (-1, heads, t, text_len))
-        ot = ops.einsum("bhnt,bhtd->bhnd", et, vt)  # (B, heads, pad + T, d)
-        out = out + ops.reshape(ops.cast(ot, "float32"), (-1, heads, blocks, s, d))
-    out = ops.cast(out / total[..., None], v.dtype)
-    return ops.reshape(out, (-1, heads, t, d))
+    Three pieces share one softmax: text queries × text keys (causal), image queries × text
+    keys, and image query blocks × their key windows (the plan's offsets, one matmul)."""
+
+    def __init__(self, plan, text_len):
+        self.plan, self.tl = plan, text_len
+        self.text_mask = np.tril(np.ones((text_len, text_len), dtype=bool))
+
+    def __call__(self, q, k, v):
+        heads = q.shape[1]
+
+        def per_head(fn, tensors, dtypes):
+            """fn on each head (B, 1, T, …) in a loop, so that XLA runs the heads one after the
+            other and reuses their temporaries; outputs (B, heads, T, …)."""
+            def body(i):
+                outs = fn(*(tf.gather(x, [i], axis=1) for x in tensors))
+                return tuple(o[:, 0] for o in outs)
+
+            outs = tf.map_fn(body, tf.range(heads), fn_output_signature=tuple(dtypes),
+                             parallel_iterations=1)  # (heads, B, T, …)
+            return [tf.transpose(o, [1, 0] + list(range(2, len(o.shape)))) for o in outs]
+
+        @tf.custom_gradient
+        def core(q, k, v):
+            out, lse = per_head(self._forward, (q, k, v), (v.dtype, tf.float32))
+
+            def grad(dout):
+                return per_head(self._backward, (q, k, v, out, lse, dout),
+                                (q.dtype, k.dtype, v.dtype))
+
+            return out, grad
+
+        return core(q, k, v)
+
+    def _blocks(self, x):
+        """(B, 1, n, …) image part → (B, 1, blocks, s, …)."""
+        s = self.plan.block
+        return tf.reshape(x, (-1, 1, x.shape[2] // s, s, *x.shape[3:]))
+
+    def _windows(self, x):
+        """Image keys or values (B, 1, n, d) → each query block's key window (B, 1, blocks, keys, d)."""
+        plan, n, d = self.plan, x.shape[2], x.shape[3]
+        padded = tf.pad(x, [[0, 0], [0, 0], [plan.front, plan.back], [0, 0]])
+        return tf.concat([self._blocks(padded[:, :, plan.front + a:plan.front + a + n])[:, :, :, :size]
+                          for a, size in plan.pieces], axis=3)
+
+    def _unwindows(self, grad):
+        """The transpose of ``_windows``: (B, 1, blocks, keys, d) → (B, 1, n, d), summing the
+        contributions of every window a key is in."""
+        plan, s, d = self.plan, self.plan.block, grad.shape[-1]
+        n = grad.shape[2] * s
+        length = plan.front + n + plan.back
+        total = 0.0
+        for (a, size), part in zip(plan.pieces, tf.split(grad, [p[1] for p in plan.pieces], axis=3)):
+            part = tf.pad(part, [[0, 0]] * 3 + [[0, s - size], [0, 0]])  # (B, 1, blocks, s, d)
+            start = plan.front + a
+            total = total + tf.pad(tf.reshape(part, (-1, 1, n, d)),
+                                   [[0, 0], [0, 0], [start, length - start - n], [0, 0]])
+        return total[:, :, plan.front:plan.front + n]
+
+    def _logits(self, q, k, scale):
+        """Logits of the three pieces: text × text (B, 1, tl, tl; causal) and image × text
+        (B, 1, n, tl), both None without text; image blocks × windows (B, 1, blocks, s, keys)."""
+        tl = self.tl
+        text = image_text = None
+        if tl:
+            text = tf.where(self.text_mask, _logits(q[:, :, :tl], k[:, :, :tl], scale), _NEG)
+            image_text = _logits(q[:, :, tl:], k[:, :, :tl], scale)
+        image = _logits(self._blocks(q[:, :, tl:]), self._windows(k[:, :, tl:]), scale)
+        return text, image_text, tf.where(self.plan.mask, image, _NEG)
+
+    def _forward(self, q, k, v):
+        scale = q.shape[-1] ** -0.5
+        tl, n = self.tl, q.shape[2] - self.tl
+        text, image_text, image = self._logits(q, k, scale)
+        outs, lses = [], []
+        if tl:
+            m = tf.reduce_max(text, -1, keepdims=True)
+            e = tf.exp(text - m)
+            total = tf.reduce_sum(e, -1, keepdims=True)
+            outs.append(tf.cast(tf.matmul(tf.cast(e, v.dtype), v[:, :, :tl]), tf.float32) / total)
+            lses.append(m[..., 0] + tf.math.log(total[..., 0]))
+        # Image queries: one softmax over the text logits and the window logits.
+        m = tf.reduce_max(image, -1)  # (B, 1, blocks, s)
+        if tl:
+            m = tf.maximum(m, self._blocks(tf.reduce_max(image_text, -1)))
+        e = tf.exp(image - m[..., None])
+        total = tf.reduce_sum(e, -1)
+        out = tf.cast(tf.matmul(tf.cast(e, v.dtype), self._windows(v[:, :, tl:])), tf.float32)
+        if tl:
+            e = tf.exp(image_text - tf.reshape(m, (-1, 1, n, 1)))
+            total += self._blocks(tf.reduce_sum(e, -1))
+            out += self._blocks(tf.cast(tf.matmul(tf.cast(e, v.dtype), v[:, :, :tl]), tf.float32))
+        outs.append(tf.reshape(out / total[..., None], (-1, 1, n, q.shape[3])))
+        lses.append(tf.reshape(m + tf.math.log(total), (-1, 1, n)))
+        return tf.cast(tf.concat(outs, axis=2), v.dtype), tf.concat(lses, axis=2)
+
+    def _backward(self, q, k, v, out, lse, dout):
+        scale = q.shape[-1] ** -0.5
+        tl = self.tl
+        dout = tf.cast(dout, v.dtype)
+        # delta = rowsum(dO ∘ O), the softmax backward's per-query term: (B, 1, T)
+        delta = tf.reduce_sum(tf.cast(dout, tf.float32) * tf.cast(out, tf.float32), -1)
+
+        def piece(logits, lse_, delta_, dout_, q_, k_, v_):
+            """One piece's (dq, dk, dv) contributions, float32."""
+            p = tf.exp(logits - lse_[..., None])
+            dv_ = tf.matmul(tf.cast(p, v.dtype), dout_, transpose_a=True)
+            dp = tf.cast(tf.matmul(dout_, v_, transpose_b=True), tf.float32)
+            ds = tf.cast(p * (dp - delta_[..., None]) * scale, q.dtype)
+            return [tf.cast(x, tf.float32) for x in
+                    (tf.matmul(ds, k_), tf.matmul(ds, q_, transpose_a=True), dv_)]
+
+        text, image_text, image = self._logits(q, k, scale)
+        t, i = slice(0, tl), slice(tl, None)  # text and image positions
+        dqb, dkw, dvw = piece(image, self._blocks(lse[:, :, i]), self._blocks(delta[:, :, i]),
+                              self._blocks(dout[:, :, i]), self._blocks(q[:, :, i]),
+                              self._windows(k[:, :, i]), self._windows(v[:, :, i]))
+        image_shape = (-1, 1, q.shape[2] - tl, q.shape[3])
+        dq = [tf.reshape(dqb, image_shape)]
+        dk, dv = [self._unwindows(dkw)], [self._unwindows(dvw)]
+        if tl:
+            dq_t, dk_t, dv_t = piece(text, lse[:, :, t], delta[:, :, t], dout[:, :, t],
+                                     q[:, :, t], k[:, :, t], v[:, :, t])
+            dq_i, dk_x, dv_x = piece(image_text, lse[:, :, i], delta[:, :, i], dout[:, :, i],
+                                     q[:, :, i], k[:, :, t], v[:, :, t])
+            dq = [dq_t, dq[0] + dq_i]
+            dk, dv = [dk_t + dk_x] + dk, [dv_t + dv_x] + dv
+        return [tf.cast(tf.concat(g, axis=2), like.dtype) for g, like in ((dq, q), (dk, k), (dv, v))]

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from keras_clip.layers.attention import MultiHeadAttention
-from keras_dalle.patterns import (PATTERNS, PatternAttention, attention_logit_count,
+from keras_dalle.patterns import (PATTERNS, PatternAttention, _make_plan, attention_logit_count,
                                   default_schedule, pattern_mask)
 
 # (text_len, grid_height, grid_width, kernel_size): square and non-square grids, conv kernels
@@ -120,7 +120,7 @@ def test_logit_counts():
     # The numbers: 32×32 grid, 256 text tokens.
     assert attention_logit_count("row", 256, 32, 32, impl="masked_dense") == 1280 ** 2
     assert attention_logit_count("conv", 256, 32, 32, impl="needed") == pytest.approx(0.36e6, rel=0.03)
-    for pattern, fraction in (("row", 0.26), ("column", 0.26), ("conv", 0.41)):
+    for pattern, fraction in (("row", 0.27), ("column", 0.27), ("conv", 0.35)):
         sparse = attention_logit_count(pattern, 256, 32, 32, impl="sparse")
         assert attention_logit_count(pattern, 256, 32, 32, impl="needed") <= sparse
         assert sparse < fraction * 1280 ** 2
@@ -176,15 +176,47 @@ def test_sparse_matches_masked_dense_under_xla():
 
 
 @pytest.mark.parametrize("pattern", ["row", "column", "conv"])
-def test_sparse_with_aligned_and_padded_blocks(pattern):
-    # text 8 on a 4×4 grid: the text fills whole blocks (no padding); text 5 needs front padding.
-    for text_len in (8, 5):
+def test_sparse_with_and_without_text(pattern):
+    # text 0 (image only), 8 and 5 tokens on a 4×4 grid.
+    for text_len in (0, 8, 5):
         q, k, v = _qkv(text_len + 16, seed=text_len, batch=1, heads=2)
         kernels = [PatternAttention(pattern, text_len, 4, 4, 3, impl=impl)
                    for impl in ("sparse", "masked_dense")]
         sparse, dense = _values_and_grads(kernels, q, k, v, jit=False)
         for a, b in zip(sparse, dense):
             np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("block", [8, 16, 32])
+@pytest.mark.parametrize("pattern", ["row", "column", "conv"])
+def test_sparse_matches_masked_dense_for_every_block_size(pattern, block):
+    # Blocks of half a row, a row and two rows on an 8 × 16 grid: key windows that straddle
+    # blocks, runs split into several slices, and (column) a mask that differs between blocks.
+    text_len, h, w, ks = 4, 8, 16, 5
+    q, k, v = _qkv(text_len + h * w, seed=block, batch=1, heads=2)
+    sparse = PatternAttention(pattern, text_len, h, w, ks)
+    sparse.plan = _make_plan(pattern, text_len, h, w, ks, blocks=(block,))
+    assert sparse.plan.block == block
+    dense = PatternAttention(pattern, text_len, h, w, ks, impl="masked_dense")
+    got, want = _values_and_grads([sparse, dense], q, k, v, jit=False)
+    for name, a, b in zip(["out", "dq", "dk", "dv"], got, want):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0, err_msg=name)
+
+
+def test_sparse_plan_covers_exactly_the_mask():
+    # The plan's (blocks, block, keys) mask, scattered back to (query, key), is the pattern.
+    h, w = 8, 16
+    for pattern in ("row", "conv"):
+        image = pattern_mask(pattern, 0, h, w, 5)
+        for block in (8, 16, 32):
+            plan = _make_plan(pattern, 0, h, w, 5, blocks=(block,))
+            rebuilt = np.zeros_like(image)
+            for i in range(h * w // block):
+                keys = i * block + plan.offsets
+                on = (keys >= 0) & (keys < h * w)
+                rebuilt[i * block:(i + 1) * block][:, keys[on]] |= plan.mask[i][:, on]
+            np.testing.assert_array_equal(rebuilt, image)
+            assert plan.logits(h * w) < image.size  # and computes less than dense
 
 
 def test_masked_dense_matches_reference_softmax():
