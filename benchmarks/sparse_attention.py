@@ -102,8 +102,9 @@ def main():
     parser.add_argument("--layer-grid", type=int, default=32, help="grid for the whole-layer rows (0: skip)")
     parser.add_argument("--layer-width", type=int, default=256)
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--blocks", type=int, nargs="*", default=[],
-                        help="also time the sparse kernel with these forced block sizes (tuning)")
+    parser.add_argument("--patches", nargs="*", default=[],
+                        help="also time the sparse kernel with these forced query blocks, "
+                             "ROWSxCOLS of the view, e.g. 1x32 4x8 (tuning)")
     args = parser.parse_args()
 
     cases = {}  # (grid, pattern, impl) -> callable
@@ -117,15 +118,17 @@ def main():
             for impl in ("sparse", "masked_dense"):
                 kernel = PatternAttention(pattern, args.text_len, g, g, args.kernel_size, impl=impl)
                 cases[(g, pattern, impl)] = core_case(f"core_{g}_{pattern}_{impl}", kernel, q, k, v)
-            for block in args.blocks:
+            for patch in args.patches:
                 kernel = PatternAttention(pattern, args.text_len, g, g, args.kernel_size)
+                rows, cols = (int(x) for x in patch.split("x"))
                 try:
-                    kernel.plan = _make_plan(pattern, args.text_len, g, g, args.kernel_size, (block,))
+                    kernel.plan = _make_plan(pattern, args.text_len, g, g, args.kernel_size,
+                                             patches=[(rows, cols)])
                 except ValueError:
-                    continue  # the block size does not tile this grid
-                cases[(g, pattern, f"sparse_b{block}")] = core_case(
-                    f"core_{g}_{pattern}_sparse_b{block}", kernel, q, k, v)
-                block_plans[(g, pattern, f"sparse_b{block}")] = kernel
+                    continue  # the patch does not tile this grid
+                cases[(g, pattern, f"sparse_{patch}")] = core_case(
+                    f"core_{g}_{pattern}_sparse_{patch}", kernel, q, k, v)
+                block_plans[(g, pattern, f"sparse_{patch}")] = kernel
     if args.layer_grid:
         g = args.layer_grid
         t = args.text_len + g * g

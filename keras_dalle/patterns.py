@@ -38,9 +38,6 @@ from keras_clip.layers.attention import dot_product_attention
 
 PATTERNS = ("full", "row", "column", "conv")
 IMPLS = ("sparse", "masked_dense")
-# Plan cost of one element of the key/value windows, in logits (a logit is a head_dim-long dot
-# product); tuned with benchmarks/sparse_attention.py --blocks.
-_WINDOW_COPY_COST = 4.0
 
 
 def default_schedule(num_layers):
@@ -131,58 +128,72 @@ def attention_logit_count(pattern, text_len, grid_height, grid_width, kernel_siz
 
 
 class _WindowPlan:
-    """Which image keys the sparse kernel computes: the image tokens (raster order; column-major
-    for "column") are cut into query blocks of ``block`` tokens, and every query block i meets
-    the same key offsets relative to its start (``offsets``: keys i·block + offset), the union
-    over blocks of the offsets its mask rows use. The offsets come in ``pieces`` (start, length)
-    — contiguous runs of at most ``block`` keys, so each is one slice of the (padded) keys —
-    and ``mask`` (blocks, block, keys) holds the pattern on them (False off the grid)."""
+    """Which image keys the sparse kernel computes. The image grid (height × width in the view:
+    raster order, or column-major for "column") is cut into query blocks of ``patch`` = (a, b):
+    a rows × b columns (a = 1 and b = width: whole rows). Every block meets the same key
+    offsets relative to its first query (its anchor): ``offsets``, the union over blocks of
+    the offsets its mask rows use. They come in ``pieces`` (start, length ≤ b) — contiguous
+    runs, so a piece is one strided slice of the (padded) keys for all blocks at once — and
+    ``mask`` (blocks, a·b, keys) holds the pattern on them (False off the grid)."""
 
-    def __init__(self, view_mask, block, merge_gap=4):
-        n = view_mask.shape[0]
-        blocks = n // block
+    def __init__(self, view_mask, height, width, patch, merge_gap=4):
+        a, b = patch
+        n = height * width
+        blocks = n // (a * b)
+        # (blocks, a·b): the view index of each block's queries, row by row within the block
+        self.queries = (np.arange(n).reshape(height // a, a, width // b, b)
+                        .transpose(0, 2, 1, 3).reshape(blocks, a * b))
+        anchors = self.queries[:, 0]
+        block_of = np.empty(n, dtype=int)
+        block_of[self.queries] = np.arange(blocks)[:, None]
         queries, keys = np.nonzero(view_mask)
         runs = []  # [start, length] of offset runs; gaps up to merge_gap are computed too
-        for offset in np.unique(keys - queries // block * block):
+        for offset in np.unique(keys - anchors[block_of[queries]]):
             if runs and offset - (runs[-1][0] + runs[-1][1]) <= merge_gap:
                 runs[-1][1] = offset - runs[-1][0] + 1
             else:
                 runs.append([offset, 1])
-        self.block = block
-        self.pieces = [(int(start + c), int(min(block, length - c)))
-                       for start, length in runs for c in range(0, length, block)]
-        self.offsets = np.concatenate([np.arange(a, a + size) for a, size in self.pieces])
-        key_index = np.arange(blocks)[:, None] * block + self.offsets  # (blocks, keys)
-        on_grid = (key_index >= 0) & (key_index < n)
-        rows = np.arange(n).reshape(blocks, block)
-        self.mask = on_grid[:, None] & view_mask[rows[:, :, None], np.clip(key_index, 0, n - 1)[:, None]]
+        self.height, self.width, self.patch, self.block = height, width, (a, b), a * b
+        self.pieces = [(int(start + c), int(min(b, length - c)))
+                       for start, length in runs for c in range(0, length, b)]
+        self.offsets = np.concatenate([np.arange(s, s + size) for s, size in self.pieces])
+        self.key_index = anchors[:, None] + self.offsets  # (blocks, keys)
+        on_grid = (self.key_index >= 0) & (self.key_index < n)
+        self.mask = on_grid[:, None] & view_mask[self.queries[:, :, None],
+                                                 np.clip(self.key_index, 0, n - 1)[:, None]]
         # Zero padding around the n image keys so that every piece's n-long slice is in range.
-        self.front = max(0, -min(a for a, _ in self.pieces))
-        self.back = max(0, max(a for a, _ in self.pieces))
+        self.front = max(0, -min(s for s, _ in self.pieces))
+        self.back = max(0, max(s for s, _ in self.pieces))
 
     def logits(self, n):
         """Image × image logits computed for n image tokens."""
         return n * len(self.offsets)
 
-    def cost(self, n, head_dim=64):
-        """Logits, plus the key and value windows (keys / block copies of k and v) and their
-        gradients, in logit units (a logit is a head_dim-long dot product)."""
-        return self.logits(n) + _WINDOW_COPY_COST * n * head_dim * len(self.offsets) / self.block
+    def cost(self, n):
+        """Estimated time in logits: the logits, weighted up for small query blocks (batched
+        matmuls with few rows run slower on CPU), plus ~16 logits per query for each piece
+        (its slices, pads and adds). Fitted to benchmarks/sparse_attention.py --patches at
+        32×32 and 64×64, where it picks the fastest patch or one within the run-to-run noise."""
+        return self.logits(n) * (1 + 16 / self.block) + 16 * n * len(self.pieces)
 
 
-def _make_plan(pattern, text_len, grid_height, grid_width, kernel_size, blocks=None):
-    """The cheapest ``_WindowPlan`` (``blocks``: candidate block sizes, default around one row
-    of the view)."""
+def _make_plan(pattern, text_len, grid_height, grid_width, kernel_size, patches=None):
+    """The cheapest ``_WindowPlan`` (``patches``: candidate (rows, columns) query blocks;
+    default: 1, 2, 4 or 8 rows × a whole, half, quarter or eighth row of the view)."""
     h, w = grid_height, grid_width
     image = pattern_mask(pattern, 0, h, w, kernel_size)
     if pattern == "column":
         view = np.arange(h * w).reshape(h, w).T.reshape(-1)  # raster index of each column-major slot
         image = image[np.ix_(view, view)]
         h, w = w, h
-    candidates = blocks or sorted({b for b in (2 * w, w, w // 2, w // 4) if b >= min(w, 8)})
-    plans = [_WindowPlan(image, b) for b in candidates if (h * w) % b == 0]
+    if patches is None:
+        patches = {(a, b) for a in (1, 2, 4, 8) for b in (w, w // 2, w // 4, w // 8)
+                   if b >= 4 and 16 <= a * b <= 128}
+        patches = sorted(patches | {(1, w)})  # tiny grids: whole rows
+    plans = [_WindowPlan(image, h, w, patch) for patch in patches
+             if h % patch[0] == 0 and w % patch[1] == 0]
     if not plans:
-        raise ValueError(f"no block size in {candidates} tiles the {h}x{w} grid")
+        raise ValueError(f"no query block in {patches} tiles the {h}x{w} grid")
     return min(plans, key=lambda plan: plan.cost(h * w))
 
 
@@ -194,15 +205,14 @@ class PatternAttention:
     ``impl="sparse"`` computes the same result from only the blocks the pattern needs:
 
     * text queries against the text keys (causal), image queries against all text keys;
-    * the image, in raster order ("column": column-major, so its mask becomes a band too),
-      cut into blocks of ``block`` tokens (a multiple or fraction of a row, chosen at
-      construction: ``self.plan``); query block i meets key block i − j only for the few
-      block offsets j where the mask has entries, each through ONE constant (block, block)
-      mask shared by every block (the patterns are translation-invariant in that order);
-    * one softmax over all pieces with a custom gradient in the style of FlashAttention: the
-      forward pass keeps only the output and each query's log-sum-exp, the backward pass
-      recomputes the probabilities piece by piece, and the heads run one after the other
-      (a loop), so peak memory holds one head's logits, not all of them.
+    * the image queries, in raster order ("column": column-major, where its mask is a band
+      too), cut into a × b patches of the grid (chosen at construction by a cost estimate:
+      ``self.plan``); every patch meets one window of image keys — the union over patches of
+      the key offsets their mask rows use — under a per-patch mask, as one matmul;
+    * one softmax over the pieces with a custom gradient in the style of FlashAttention: the
+      forward pass keeps the output, each query's log-sum-exp and the image queries' text
+      probabilities, the backward pass recomputes the window probabilities, and the heads
+      run one after the other (a loop), so peak memory holds one head's logits.
 
     "full" is causal dense attention in both impls.
 
@@ -255,14 +265,10 @@ class PatternAttention:
         return self._sparse(q, k, v)
 
     def _sparse(self, q, k, v):
-        tl, h, w = self.text_len, self.grid_height, self.grid_width
-        if self.pattern == "column":  # column-major image order: the column band becomes a row band
-            q, k, v = (ops.concatenate([x[:, :, :tl], _transpose_grid(x[:, :, tl:], h, w)], axis=2)
-                       for x in (q, k, v))
-        out = _Core(self.plan, tl)(q, k, v)  # (B, heads, T, d)
-        if self.pattern == "column":
-            out = ops.concatenate([out[:, :, :tl], _transpose_grid(out[:, :, tl:], w, h)], axis=2)
-        return out
+        # "column" works in column-major image order, where its band is a row band: each head
+        # is transposed inside the kernel's head loop (no full-size transposed copies).
+        column = (self.grid_height, self.grid_width) if self.pattern == "column" else None
+        return _Core(self.plan, self.text_len, column)(q, k, v)  # (B, heads, T, d)
 
 
 def _transpose_grid(x, h, w):
@@ -288,137 +294,192 @@ def _pad_blocks(x, before, after, value=0.0):
 
 
 class _Core:
-    """The sparse core on (B, heads, T, d) tensors in view order (text, then the image in the
-    plan's order), in the style of FlashAttention: the forward pass keeps only the output and
-    each query's log-sum-exp; the backward pass recomputes the probabilities from them. So no
-    (T × keys) probability tensor lives from the forward to the backward pass; and the heads
-    run one after the other (a loop), so one head's logits are alive at a time.
+    """The sparse core on (B, heads, T, d) tensors, in the style of FlashAttention: the forward
+    pass keeps the output, each query's log-sum-exp and the image queries' probabilities over
+    the text keys (B, heads, n, text_len); the backward pass recomputes the other
+    probabilities from the log-sum-exp. The heads run one after the other in a loop, so one
+    head's logits are alive at a time. ``transpose`` = (h, w): the image is in raster order
+    but the plan's view is column-major (each head is transposed inside the loop).
 
     Three pieces share one softmax: text queries × text keys (causal), image queries × text
     keys, and image query blocks × their key windows (the plan's offsets, one matmul)."""
 
-    def __init__(self, plan, text_len):
-        self.plan, self.tl = plan, text_len
+    def __init__(self, plan, text_len, transpose=None):
+        self.plan, self.tl, self.transpose = plan, text_len, transpose
         self.text_mask = np.tril(np.ones((text_len, text_len), dtype=bool))
 
     def __call__(self, q, k, v):
-        heads = q.shape[1]
+        heads, tl = q.shape[1], self.tl
 
-        def per_head(fn, tensors, dtypes):
-            """fn on each head (B, 1, T, …) in a loop, so that XLA runs the heads one after the
-            other and reuses their temporaries; outputs (B, heads, T, …)."""
+        def per_head(fn, tensors, dtypes, view):
+            """fn on each head in a loop, so that XLA runs the heads one after the other and
+            reuses their temporaries. ``tensors``: (B, heads, …), or (heads, B, …) for the
+            text probabilities (last, when there is text). ``view``: which inputs / outputs
+            go through the column view. Returns the outputs as (B, heads, …), the text
+            probabilities as (heads, B, …)."""
             def body(i):
-                outs = fn(*(tf.gather(x, [i], axis=1) for x in tensors))
-                return tuple(o[:, 0] for o in outs)
+                args = [tf.gather(x, [i], axis=1) for x in tensors[:len(view[0])]]
+                args = [self._to_view(x) if to_view else x for x, to_view in zip(args, view[0])]
+                args += [x[i][:, None] for x in tensors[len(view[0]):]]
+                outs = fn(*args)
+                return tuple((self._from_view(o) if from_view else o)[:, 0]
+                             for o, from_view in zip(outs, view[1]))
 
             outs = tf.map_fn(body, tf.range(heads), fn_output_signature=tuple(dtypes),
-                             parallel_iterations=1)  # (heads, B, T, …)
-            return [tf.transpose(o, [1, 0] + list(range(2, len(o.shape)))) for o in outs]
+                             parallel_iterations=1)  # (heads, B, …)
+            return [tf.transpose(o, [1, 0] + list(range(2, len(o.shape)))) if from_view is not None
+                    else o for o, from_view in zip(outs, view[1])]
 
         @tf.custom_gradient
         def core(q, k, v):
-            out, lse = per_head(self._forward, (q, k, v), (v.dtype, tf.float32))
+            dtypes = (v.dtype, tf.float32) + ((tf.float32,) if tl else ())
+            # out and lse back in raster order; the text probabilities stay as computed
+            out, lse, *p_text = per_head(self._forward, (q, k, v), dtypes,
+                                         ((True,) * 3, (True, True, None)[:len(dtypes)]))
 
             def grad(dout):
-                return per_head(self._backward, (q, k, v, out, lse, dout),
-                                (q.dtype, k.dtype, v.dtype))
+                return per_head(self._backward, (q, k, v, out, lse, dout, *p_text),
+                                (q.dtype, k.dtype, v.dtype), ((True,) * 6, (True,) * 3))
 
             return out, grad
 
         return core(q, k, v)
 
+    def _to_view(self, x):
+        """(B, 1, T, …) raster → the plan's view (column-major image) when ``transpose``."""
+        if self.transpose is None:
+            return x
+        h, w = self.transpose
+        image = tf.reshape(x[:, :, self.tl:], (-1, 1, h, w, *x.shape[3:]))
+        image = tf.transpose(image, [0, 1, 3, 2] + list(range(4, len(image.shape))))
+        return tf.concat([x[:, :, :self.tl], tf.reshape(image, (-1, 1, h * w, *x.shape[3:]))], axis=2)
+
+    def _from_view(self, x):
+        if self.transpose is None:
+            return x
+        h, w = self.transpose
+        image = tf.reshape(x[:, :, self.tl:], (-1, 1, w, h, *x.shape[3:]))
+        image = tf.transpose(image, [0, 1, 3, 2] + list(range(4, len(image.shape))))
+        return tf.concat([x[:, :, :self.tl], tf.reshape(image, (-1, 1, h * w, *x.shape[3:]))], axis=2)
+
     def _blocks(self, x):
-        """(B, 1, n, …) image part → (B, 1, blocks, s, …)."""
-        s = self.plan.block
-        return tf.reshape(x, (-1, 1, x.shape[2] // s, s, *x.shape[3:]))
+        """(B, 1, n, …) image part in view order → (B, 1, blocks, a·b, …) query blocks."""
+        plan, rest = self.plan, x.shape[3:]
+        (a, b), h, w = plan.patch, plan.height, plan.width
+        if a == 1:
+            return tf.reshape(x, (-1, 1, h * w // b, b, *rest))
+        x = tf.reshape(x, (-1, 1, h // a, a, w // b, b, *rest))
+        x = tf.transpose(x, [0, 1, 2, 4, 3, 5] + list(range(6, len(x.shape))))  # (B, 1, h/a, w/b, a, b, …)
+        return tf.reshape(x, (-1, 1, h * w // (a * b), a * b, *rest))
+
+    def _unblocks(self, x):
+        """The inverse of ``_blocks``: (B, 1, blocks, a·b, …) → (B, 1, n, …)."""
+        plan, rest = self.plan, x.shape[4:]
+        (a, b), h, w = plan.patch, plan.height, plan.width
+        if a > 1:
+            x = tf.reshape(x, (-1, 1, h // a, w // b, a, b, *rest))
+            x = tf.transpose(x, [0, 1, 2, 4, 3, 5] + list(range(6, len(x.shape))))  # (B, 1, h/a, a, w/b, b, …)
+        return tf.reshape(x, (-1, 1, h * w, *rest))
 
     def _windows(self, x):
         """Image keys or values (B, 1, n, d) → each query block's key window (B, 1, blocks, keys, d)."""
         plan, n, d = self.plan, x.shape[2], x.shape[3]
+        (a, b), h, w = plan.patch, plan.height, plan.width
         padded = tf.pad(x, [[0, 0], [0, 0], [plan.front, plan.back], [0, 0]])
-        return tf.concat([self._blocks(padded[:, :, plan.front + a:plan.front + a + n])[:, :, :, :size]
-                          for a, size in plan.pieces], axis=3)
+        parts = []
+        for start, size in plan.pieces:
+            # keys anchor + start + t (t < size) of every block: row 0 of each a-row band
+            part = tf.reshape(padded[:, :, plan.front + start:plan.front + start + n],
+                              (-1, 1, h // a, a, w // b, b, d))[:, :, :, 0, :, :size]
+            parts.append(tf.reshape(part, (-1, 1, n // (a * b), size, d)))
+        return tf.concat(parts, axis=3)
 
     def _unwindows(self, grad):
         """The transpose of ``_windows``: (B, 1, blocks, keys, d) → (B, 1, n, d), summing the
         contributions of every window a key is in."""
-        plan, s, d = self.plan, self.plan.block, grad.shape[-1]
-        n = grad.shape[2] * s
+        plan, d = self.plan, grad.shape[-1]
+        (a, b), h, w = plan.patch, plan.height, plan.width
+        n = h * w
         length = plan.front + n + plan.back
         total = 0.0
-        for (a, size), part in zip(plan.pieces, tf.split(grad, [p[1] for p in plan.pieces], axis=3)):
-            part = tf.pad(part, [[0, 0]] * 3 + [[0, s - size], [0, 0]])  # (B, 1, blocks, s, d)
-            start = plan.front + a
+        for (start, size), part in zip(plan.pieces, tf.split(grad, [p[1] for p in plan.pieces], axis=3)):
+            part = tf.reshape(part, (-1, 1, h // a, 1, w // b, size, d))
+            part = tf.pad(part, [[0, 0]] * 3 + [[0, a - 1], [0, 0], [0, b - size], [0, 0]])
+            s = plan.front + start
             total = total + tf.pad(tf.reshape(part, (-1, 1, n, d)),
-                                   [[0, 0], [0, 0], [start, length - start - n], [0, 0]])
+                                   [[0, 0], [0, 0], [s, length - s - n], [0, 0]])
         return total[:, :, plan.front:plan.front + n]
 
-    def _logits(self, q, k, scale):
-        """Logits of the three pieces: text × text (B, 1, tl, tl; causal) and image × text
-        (B, 1, n, tl), both None without text; image blocks × windows (B, 1, blocks, s, keys)."""
+    def _text_logits(self, q, k, scale):
+        return tf.where(self.text_mask, _logits(q[:, :, :self.tl], k[:, :, :self.tl], scale), _NEG)
+
+    def _image_logits(self, q, k, scale):
+        """Image query blocks × their windows: (B, 1, blocks, a·b, keys), masked."""
         tl = self.tl
-        text = image_text = None
-        if tl:
-            text = tf.where(self.text_mask, _logits(q[:, :, :tl], k[:, :, :tl], scale), _NEG)
-            image_text = _logits(q[:, :, tl:], k[:, :, :tl], scale)
         image = _logits(self._blocks(q[:, :, tl:]), self._windows(k[:, :, tl:]), scale)
-        return text, image_text, tf.where(self.plan.mask, image, _NEG)
+        return tf.where(self.plan.mask, image, _NEG)
 
     def _forward(self, q, k, v):
+        """One head (B, 1, T, d) in view order → out (B, 1, T, d), lse (B, 1, T) and, with
+        text, the image queries' text probabilities (B, 1, n, tl)."""
         scale = q.shape[-1] ** -0.5
         tl, n = self.tl, q.shape[2] - self.tl
-        text, image_text, image = self._logits(q, k, scale)
         outs, lses = [], []
         if tl:
+            text = self._text_logits(q, k, scale)
             m = tf.reduce_max(text, -1, keepdims=True)
             e = tf.exp(text - m)
             total = tf.reduce_sum(e, -1, keepdims=True)
             outs.append(tf.cast(tf.matmul(tf.cast(e, v.dtype), v[:, :, :tl]), tf.float32) / total)
             lses.append(m[..., 0] + tf.math.log(total[..., 0]))
-        # Image queries: one softmax over the text logits and the window logits.
-        m = tf.reduce_max(image, -1)  # (B, 1, blocks, s)
+        # Image queries: one softmax over the window logits and the text logits.
+        image = self._image_logits(q, k, scale)
+        m = self._unblocks(tf.reduce_max(image, -1))  # (B, 1, n)
         if tl:
-            m = tf.maximum(m, self._blocks(tf.reduce_max(image_text, -1)))
-        e = tf.exp(image - m[..., None])
-        total = tf.reduce_sum(e, -1)
-        out = tf.cast(tf.matmul(tf.cast(e, v.dtype), self._windows(v[:, :, tl:])), tf.float32)
+            image_text = _logits(q[:, :, tl:], k[:, :, :tl], scale)  # (B, 1, n, tl)
+            m = tf.maximum(m, tf.reduce_max(image_text, -1))
+        e = tf.exp(image - self._blocks(m)[..., None])
+        total = self._unblocks(tf.reduce_sum(e, -1))
+        out = self._unblocks(tf.cast(tf.matmul(tf.cast(e, v.dtype), self._windows(v[:, :, tl:])),
+                                     tf.float32))  # (B, 1, n, d)
         if tl:
-            e = tf.exp(image_text - tf.reshape(m, (-1, 1, n, 1)))
-            total += self._blocks(tf.reduce_sum(e, -1))
-            out += self._blocks(tf.cast(tf.matmul(tf.cast(e, v.dtype), v[:, :, :tl]), tf.float32))
-        outs.append(tf.reshape(out / total[..., None], (-1, 1, n, q.shape[3])))
-        lses.append(tf.reshape(m + tf.math.log(total), (-1, 1, n)))
-        return tf.cast(tf.concat(outs, axis=2), v.dtype), tf.concat(lses, axis=2)
+            e = tf.exp(image_text - m[..., None])
+            total += tf.reduce_sum(e, -1)
+            out += tf.cast(tf.matmul(tf.cast(e, v.dtype), v[:, :, :tl]), tf.float32)
+        outs.append(out / total[..., None])
+        lses.append(m + tf.math.log(total))
+        results = [tf.cast(tf.concat(outs, axis=2), v.dtype), tf.concat(lses, axis=2)]
+        if tl:
+            results.append(e / total[..., None])  # the image queries' text probabilities
+        return results
 
-    def _backward(self, q, k, v, out, lse, dout):
+    def _backward(self, q, k, v, out, lse, dout, p_text=None):
         scale = q.shape[-1] ** -0.5
         tl = self.tl
         dout = tf.cast(dout, v.dtype)
         # delta = rowsum(dO ∘ O), the softmax backward's per-query term: (B, 1, T)
         delta = tf.reduce_sum(tf.cast(dout, tf.float32) * tf.cast(out, tf.float32), -1)
 
-        def piece(logits, lse_, delta_, dout_, q_, k_, v_):
-            """One piece's (dq, dk, dv) contributions, float32."""
-            p = tf.exp(logits - lse_[..., None])
+        def piece(p, delta_, dout_, q_, k_, v_):
+            """One piece's (dq, dk, dv) contributions from its probabilities p, float32."""
             dv_ = tf.matmul(tf.cast(p, v.dtype), dout_, transpose_a=True)
             dp = tf.cast(tf.matmul(dout_, v_, transpose_b=True), tf.float32)
             ds = tf.cast(p * (dp - delta_[..., None]) * scale, q.dtype)
             return [tf.cast(x, tf.float32) for x in
                     (tf.matmul(ds, k_), tf.matmul(ds, q_, transpose_a=True), dv_)]
 
-        text, image_text, image = self._logits(q, k, scale)
         t, i = slice(0, tl), slice(tl, None)  # text and image positions
-        dqb, dkw, dvw = piece(image, self._blocks(lse[:, :, i]), self._blocks(delta[:, :, i]),
-                              self._blocks(dout[:, :, i]), self._blocks(q[:, :, i]),
-                              self._windows(k[:, :, i]), self._windows(v[:, :, i]))
-        image_shape = (-1, 1, q.shape[2] - tl, q.shape[3])
-        dq = [tf.reshape(dqb, image_shape)]
-        dk, dv = [self._unwindows(dkw)], [self._unwindows(dvw)]
+        lse_b = self._blocks(lse[:, :, i])
+        p_image = tf.exp(self._image_logits(q, k, scale) - lse_b[..., None])
+        dqb, dkw, dvw = piece(p_image, self._blocks(delta[:, :, i]), self._blocks(dout[:, :, i]),
+                              self._blocks(q[:, :, i]), self._windows(k[:, :, i]),
+                              self._windows(v[:, :, i]))
+        dq, dk, dv = [self._unblocks(dqb)], [self._unwindows(dkw)], [self._unwindows(dvw)]
         if tl:
-            dq_t, dk_t, dv_t = piece(text, lse[:, :, t], delta[:, :, t], dout[:, :, t],
-                                     q[:, :, t], k[:, :, t], v[:, :, t])
-            dq_i, dk_x, dv_x = piece(image_text, lse[:, :, i], delta[:, :, i], dout[:, :, i],
-                                     q[:, :, i], k[:, :, t], v[:, :, t])
+            p = tf.exp(self._text_logits(q, k, scale) - lse[:, :, t, None])
+            dq_t, dk_t, dv_t = piece(p, delta[:, :, t], dout[:, :, t], q[:, :, t], k[:, :, t], v[:, :, t])
+            dq_i, dk_x, dv_x = piece(p_text, delta[:, :, i], dout[:, :, i], q[:, :, i],
+                                     k[:, :, t], v[:, :, t])
             dq = [dq_t, dq[0] + dq_i]
             dk, dv = [dk_t + dk_x] + dk, [dv_t + dv_x] + dv
         return [tf.cast(tf.concat(g, axis=2), like.dtype) for g, like in ((dq, q), (dk, k), (dv, v))]

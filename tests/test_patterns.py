@@ -187,16 +187,17 @@ def test_sparse_with_and_without_text(pattern):
             np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("block", [8, 16, 32])
+@pytest.mark.parametrize("patch", [(1, 8), (2, 8), (2, 4), (4, 4), (4, 8)])
 @pytest.mark.parametrize("pattern", ["row", "column", "conv"])
-def test_sparse_matches_masked_dense_for_every_block_size(pattern, block):
-    # Blocks of half a row, a row and two rows on an 8 × 16 grid: key windows that straddle
-    # blocks, runs split into several slices, and (column) a mask that differs between blocks.
+def test_sparse_matches_masked_dense_for_every_query_block(pattern, patch):
+    # Query blocks of part of a row, a whole row and 2-D patches on an 8 × 16 grid (16 × 8 in
+    # the column view): key windows that straddle blocks, runs split into several slices, and
+    # masks that differ between blocks.
     text_len, h, w, ks = 4, 8, 16, 5
-    q, k, v = _qkv(text_len + h * w, seed=block, batch=1, heads=2)
+    q, k, v = _qkv(text_len + h * w, seed=sum(patch), batch=1, heads=2)
     sparse = PatternAttention(pattern, text_len, h, w, ks)
-    sparse.plan = _make_plan(pattern, text_len, h, w, ks, blocks=(block,))
-    assert sparse.plan.block == block
+    sparse.plan = _make_plan(pattern, text_len, h, w, ks, patches=[patch])
+    assert sparse.plan.patch == patch
     dense = PatternAttention(pattern, text_len, h, w, ks, impl="masked_dense")
     got, want = _values_and_grads([sparse, dense], q, k, v, jit=False)
     for name, a, b in zip(["out", "dq", "dk", "dv"], got, want):
@@ -204,17 +205,16 @@ def test_sparse_matches_masked_dense_for_every_block_size(pattern, block):
 
 
 def test_sparse_plan_covers_exactly_the_mask():
-    # The plan's (blocks, block, keys) mask, scattered back to (query, key), is the pattern.
+    # The plan's (blocks, queries, keys) mask, scattered back to (query, key), is the pattern.
     h, w = 8, 16
     for pattern in ("row", "conv"):
         image = pattern_mask(pattern, 0, h, w, 5)
-        for block in (8, 16, 32):
-            plan = _make_plan(pattern, 0, h, w, 5, blocks=(block,))
+        for patch in ((1, 8), (1, 16), (2, 16), (4, 4)):
+            plan = _make_plan(pattern, 0, h, w, 5, patches=[patch])
             rebuilt = np.zeros_like(image)
-            for i in range(h * w // block):
-                keys = i * block + plan.offsets
+            for queries, keys, mask in zip(plan.queries, plan.key_index, plan.mask):
                 on = (keys >= 0) & (keys < h * w)
-                rebuilt[i * block:(i + 1) * block][:, keys[on]] |= plan.mask[i][:, on]
+                rebuilt[np.ix_(queries, keys[on])] |= mask[:, on]
             np.testing.assert_array_equal(rebuilt, image)
             assert plan.logits(h * w) < image.size  # and computes less than dense
 
