@@ -271,26 +271,12 @@ class PatternAttention:
         return _Core(self.plan, self.text_len, column)(q, k, v)  # (B, heads, T, d)
 
 
-def _transpose_grid(x, h, w):
-    """(B, heads, h·w, d) raster order of an h × w grid → (B, heads, w·h, d) column-major."""
-    heads, d = x.shape[1], x.shape[3]
-    x = ops.reshape(x, (-1, heads, h, w, d))
-    x = ops.transpose(x, (0, 1, 3, 2, 4))  # (B, heads, w, h, d)
-    return ops.reshape(x, (-1, heads, h * w, d))
-
-
 _NEG = -1e30  # masked logit: exp(_NEG − anything finite) is exactly 0 in float32
 
 
 def _logits(a, b, scale):
     """a (..., m, d) · b (..., n, d)ᵀ in the inputs' dtype, scaled in float32: (..., m, n)."""
     return tf.cast(tf.matmul(a, b, transpose_b=True), tf.float32) * scale
-
-
-def _pad_blocks(x, before, after, value=0.0):
-    """Pad axis 2 (the block axis) of a (B, heads, blocks, ...) tensor."""
-    widths = [[0, 0], [0, 0], [before, after]] + [[0, 0]] * (len(x.shape) - 3)
-    return tf.pad(x, widths, constant_values=value)
 
 
 class _Core:
@@ -347,20 +333,17 @@ class _Core:
 
     def _to_view(self, x):
         """(B, 1, T, …) raster → the plan's view (column-major image) when ``transpose``."""
-        if self.transpose is None:
-            return x
-        h, w = self.transpose
-        image = tf.reshape(x[:, :, self.tl:], (-1, 1, h, w, *x.shape[3:]))
-        image = tf.transpose(image, [0, 1, 3, 2] + list(range(4, len(image.shape))))
-        return tf.concat([x[:, :, :self.tl], tf.reshape(image, (-1, 1, h * w, *x.shape[3:]))], axis=2)
+        return x if self.transpose is None else self._transpose_image(x, *self.transpose)
 
     def _from_view(self, x):
-        if self.transpose is None:
-            return x
-        h, w = self.transpose
-        image = tf.reshape(x[:, :, self.tl:], (-1, 1, w, h, *x.shape[3:]))
-        image = tf.transpose(image, [0, 1, 3, 2] + list(range(4, len(image.shape))))
-        return tf.concat([x[:, :, :self.tl], tf.reshape(image, (-1, 1, h * w, *x.shape[3:]))], axis=2)
+        return x if self.transpose is None else self._transpose_image(x, *reversed(self.transpose))
+
+    def _transpose_image(self, x, rows, cols):
+        """Transpose the image part (after the text) of (B, 1, T, …) from a rows × cols grid."""
+        rest = x.shape[3:]
+        image = tf.reshape(x[:, :, self.tl:], (-1, 1, rows, cols, *rest))
+        image = tf.transpose(image, [0, 1, 3, 2] + list(range(4, len(image.shape))))  # (B, 1, cols, rows, …)
+        return tf.concat([x[:, :, :self.tl], tf.reshape(image, (-1, 1, rows * cols, *rest))], axis=2)
 
     def _blocks(self, x):
         """(B, 1, n, …) image part in view order → (B, 1, blocks, a·b, …) query blocks."""
