@@ -396,11 +396,10 @@ class _Core:
     def _text_logits(self, q, k, scale):
         return tf.where(self.text_mask, _logits(q[:, :, :self.tl], k[:, :, :self.tl], scale), _NEG)
 
-    def _image_logits(self, q, k, scale):
-        """Image query blocks × their windows: (B, 1, blocks, a·b, keys), masked."""
-        tl = self.tl
-        image = _logits(self._blocks(q[:, :, tl:]), self._windows(k[:, :, tl:]), scale)
-        return tf.where(self.plan.mask, image, _NEG)
+    def _image_logits(self, qb, kw, scale):
+        """Image query blocks (B, 1, blocks, a·b, d) × their key windows (B, 1, blocks, keys, d):
+        (B, 1, blocks, a·b, keys), masked."""
+        return tf.where(self.plan.mask, _logits(qb, kw, scale), _NEG)
 
     def _forward(self, q, k, v):
         """One head (B, 1, T, d) in view order → out (B, 1, T, d), lse (B, 1, T) and, with
@@ -416,7 +415,7 @@ class _Core:
             outs.append(tf.cast(tf.matmul(tf.cast(e, v.dtype), v[:, :, :tl]), tf.float32) / total)
             lses.append(m[..., 0] + tf.math.log(total[..., 0]))
         # Image queries: one softmax over the window logits and the text logits.
-        image = self._image_logits(q, k, scale)
+        image = self._image_logits(self._blocks(q[:, :, tl:]), self._windows(k[:, :, tl:]), scale)
         m = self._unblocks(tf.reduce_max(image, -1))  # (B, 1, n)
         if tl:
             image_text = _logits(q[:, :, tl:], k[:, :, :tl], scale)  # (B, 1, n, tl)
@@ -452,11 +451,10 @@ class _Core:
                     (tf.matmul(ds, k_), tf.matmul(ds, q_, transpose_a=True), dv_)]
 
         t, i = slice(0, tl), slice(tl, None)  # text and image positions
-        lse_b = self._blocks(lse[:, :, i])
-        p_image = tf.exp(self._image_logits(q, k, scale) - lse_b[..., None])
+        qb, kw = self._blocks(q[:, :, i]), self._windows(k[:, :, i])
+        p_image = tf.exp(self._image_logits(qb, kw, scale) - self._blocks(lse[:, :, i])[..., None])
         dqb, dkw, dvw = piece(p_image, self._blocks(delta[:, :, i]), self._blocks(dout[:, :, i]),
-                              self._blocks(q[:, :, i]), self._windows(k[:, :, i]),
-                              self._windows(v[:, :, i]))
+                              qb, kw, self._windows(v[:, :, i]))
         dq, dk, dv = [self._unblocks(dqb)], [self._unwindows(dkw)], [self._unwindows(dvw)]
         if tl:
             p = tf.exp(self._text_logits(q, k, scale) - lse[:, :, t, None])
