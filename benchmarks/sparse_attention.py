@@ -72,7 +72,8 @@ def xla_bytes(name):
     """(peak bytes, temporary bytes) of the compiled module named after ``name``, from XLA's
     memory-usage report: the total counts parameters, outputs and the heap-simulated peak of
     the temporaries; the second number is that temporaries' peak alone."""
-    reports = glob.glob(os.path.join(DUMP_DIR, f"*a_inference_{name}_[0-9]*memory-usage-report.txt"))
+    reports = [path for path in glob.glob(os.path.join(DUMP_DIR, "*memory-usage-report.txt"))
+               if re.search(rf"a_inference_{re.escape(name)}_\d+__", os.path.basename(path))]
     best = (float("nan"), float("nan"))
     for path in reports:
         with open(path) as f:

@@ -132,11 +132,15 @@ class _WindowPlan:
     raster order, or column-major for "column") is cut into query blocks of ``patch`` = (a, b):
     a rows × b columns (a = 1 and b = width: whole rows). Every block meets the same key
     offsets relative to its first query (its anchor): ``offsets``, the union over blocks of
-    the offsets its mask rows use. They come in ``pieces`` (start, length ≤ b) — contiguous
-    runs, so a piece is one strided slice of the (padded) keys for all blocks at once — and
-    ``mask`` (blocks, a·b, keys) holds the pattern on them (False off the grid)."""
+    the offsets its mask rows use, so a block's keys are ``key_index`` = anchor + offsets and
+    ``mask`` (blocks, a·b, keys) holds the pattern on them (False off the grid).
 
-    def __init__(self, view_mask, height, width, patch, merge_gap=4):
+    The kernel gathers each block's keys with ``window_index`` (``key_index`` clipped to the
+    grid: off-grid slots are masked) and sums the key gradients back with ``inverse`` (n,
+    cover): for each key, the flat (block · keys + slot) positions it fills in the blocks that
+    use it, padded with blocks · keys (a zero row) — a gather, not a scatter."""
+
+    def __init__(self, view_mask, height, width, patch):
         a, b = patch
         n = height * width
         blocks = n // (a * b)
@@ -147,23 +151,22 @@ class _WindowPlan:
         block_of = np.empty(n, dtype=int)
         block_of[self.queries] = np.arange(blocks)[:, None]
         queries, keys = np.nonzero(view_mask)
-        runs = []  # [start, length] of offset runs; gaps up to merge_gap are computed too
-        for offset in np.unique(keys - anchors[block_of[queries]]):
-            if runs and offset - (runs[-1][0] + runs[-1][1]) <= merge_gap:
-                runs[-1][1] = offset - runs[-1][0] + 1
-            else:
-                runs.append([offset, 1])
         self.height, self.width, self.patch, self.block = height, width, (a, b), a * b
-        self.pieces = [(int(start + c), int(min(b, length - c)))
-                       for start, length in runs for c in range(0, length, b)]
-        self.offsets = np.concatenate([np.arange(s, s + size) for s, size in self.pieces])
+        self.offsets = np.unique(keys - anchors[block_of[queries]])
         self.key_index = anchors[:, None] + self.offsets  # (blocks, keys)
         on_grid = (self.key_index >= 0) & (self.key_index < n)
-        self.mask = on_grid[:, None] & view_mask[self.queries[:, :, None],
-                                                 np.clip(self.key_index, 0, n - 1)[:, None]]
-        # Zero padding around the n image keys so that every piece's n-long slice is in range.
-        self.front = max(0, -min(s for s, _ in self.pieces))
-        self.back = max(0, max(s for s, _ in self.pieces))
+        self.window_index = np.clip(self.key_index, 0, n - 1).astype(np.int32)
+        self.mask = on_grid[:, None] & view_mask[self.queries[:, :, None], self.window_index[:, None]]
+        # inverse: the slots some query of the block uses, grouped by key
+        width_k = len(self.offsets)
+        block, slot = np.nonzero(self.mask.any(axis=1))
+        key = self.key_index[block, slot]
+        order = np.argsort(key, kind="stable")
+        key, flat = key[order], (block * width_k + slot)[order]
+        counts = np.bincount(key, minlength=n)
+        rank = np.arange(len(key)) - np.repeat(np.cumsum(counts) - counts, counts)
+        self.inverse = np.full((n, max(1, counts.max())), blocks * width_k, dtype=np.int32)
+        self.inverse[key, rank] = flat
 
     def logits(self, n):
         """Image × image logits computed for n image tokens."""
@@ -171,10 +174,10 @@ class _WindowPlan:
 
     def cost(self, n):
         """Estimated time in logits: the logits, weighted up for small query blocks (batched
-        matmuls with few rows run slower on CPU), plus ~16 logits per query for each piece
-        (its slices, pads and adds). Fitted to benchmarks/sparse_attention.py --patches at
-        32×32 and 64×64, where it picks the fastest patch or one within the run-to-run noise."""
-        return self.logits(n) * (1 + 16 / self.block) + 16 * n * len(self.pieces)
+        matmuls with few rows run slower on CPU). Fitted to benchmarks/sparse_attention.py
+        --patches at 32×32 and 64×64, where it picks the fastest patch or one within the
+        run-to-run noise."""
+        return self.logits(n) * (1 + 16 / self.block)
 
 
 def _make_plan(pattern, text_len, grid_height, grid_width, kernel_size, patches=None):
@@ -208,11 +211,13 @@ class PatternAttention:
     * the image queries, in raster order ("column": column-major, where its mask is a band
       too), cut into a × b patches of the grid (chosen at construction by a cost estimate:
       ``self.plan``); every patch meets one window of image keys — the union over patches of
-      the key offsets their mask rows use — under a per-patch mask, as one matmul;
+      the key offsets their mask rows use — under a per-patch mask, as one matmul (the
+      window's keys gathered with one index table, their gradients summed back with its
+      inverse: gathers, no scatter);
     * one softmax over the pieces with a custom gradient in the style of FlashAttention: the
-      forward pass keeps the output, each query's log-sum-exp and the image queries' text
-      probabilities, the backward pass recomputes the window probabilities, and the heads
-      run one after the other (a loop), so peak memory holds one head's logits.
+      forward pass keeps the output and each query's log-sum-exp, the backward pass
+      recomputes the probabilities, and the heads run one after the other (a loop), so peak
+      memory holds one head's logits.
 
     "full" is causal dense attention in both impls.
 
@@ -281,8 +286,7 @@ def _logits(a, b, scale):
 
 class _Core:
     """The sparse core on (B, heads, T, d) tensors, in the style of FlashAttention: the forward
-    pass keeps the output, each query's log-sum-exp and the image queries' probabilities over
-    the text keys (B, heads, n, text_len); the backward pass recomputes the other
+    pass keeps the output and each query's log-sum-exp; the backward pass recomputes the
     probabilities from the log-sum-exp. The heads run one after the other in a loop, so one
     head's logits are alive at a time. ``transpose`` = (h, w): the image is in raster order
     but the plan's view is column-major (each head is transposed inside the loop).
@@ -292,40 +296,28 @@ class _Core:
 
     def __init__(self, plan, text_len, transpose=None):
         self.plan, self.tl, self.transpose = plan, text_len, transpose
-        self.text_mask = np.tril(np.ones((text_len, text_len), dtype=bool))
 
     def __call__(self, q, k, v):
-        heads, tl = q.shape[1], self.tl
+        heads = q.shape[1]
 
-        def per_head(fn, tensors, dtypes, view):
+        def per_head(fn, tensors, dtypes):
             """fn on each head in a loop, so that XLA runs the heads one after the other and
-            reuses their temporaries. ``tensors``: (B, heads, …), or (heads, B, …) for the
-            text probabilities (last, when there is text). ``view``: which inputs / outputs
-            go through the column view. Returns the outputs as (B, heads, …), the text
-            probabilities as (heads, B, …)."""
+            reuses their temporaries. ``tensors``: (B, heads, …) in raster order, passed to
+            fn in the view order; fn's outputs come back in raster order as (B, heads, …)."""
             def body(i):
-                args = [tf.gather(x, [i], axis=1) for x in tensors[:len(view[0])]]
-                args = [self._to_view(x) if to_view else x for x, to_view in zip(args, view[0])]
-                args += [x[i][:, None] for x in tensors[len(view[0]):]]
-                outs = fn(*args)
-                return tuple((self._from_view(o) if from_view else o)[:, 0]
-                             for o, from_view in zip(outs, view[1]))
+                outs = fn(*(self._to_view(tf.gather(x, [i], axis=1)) for x in tensors))
+                return tuple(self._from_view(o)[:, 0] for o in outs)
 
             outs = tf.map_fn(body, tf.range(heads), fn_output_signature=tuple(dtypes),
                              parallel_iterations=1)  # (heads, B, …)
-            return [tf.transpose(o, [1, 0] + list(range(2, len(o.shape)))) if from_view is not None
-                    else o for o, from_view in zip(outs, view[1])]
+            return [tf.transpose(o, [1, 0] + list(range(2, len(o.shape)))) for o in outs]
 
         @tf.custom_gradient
         def core(q, k, v):
-            dtypes = (v.dtype, tf.float32) + ((tf.float32,) if tl else ())
-            # out and lse back in raster order; the text probabilities stay as computed
-            out, lse, *p_text = per_head(self._forward, (q, k, v), dtypes,
-                                         ((True,) * 3, (True, True, None)[:len(dtypes)]))
+            out, lse = per_head(self._forward, (q, k, v), (v.dtype, tf.float32))
 
             def grad(dout):
-                return per_head(self._backward, (q, k, v, out, lse, dout, *p_text),
-                                (q.dtype, k.dtype, v.dtype), ((True,) * 6, (True,) * 3))
+                return per_head(self._backward, (q, k, v, out, lse, dout), (q.dtype, k.dtype, v.dtype))
 
             return out, grad
 
@@ -366,35 +358,21 @@ class _Core:
 
     def _windows(self, x):
         """Image keys or values (B, 1, n, d) → each query block's key window (B, 1, blocks, keys, d)."""
-        plan, n, d = self.plan, x.shape[2], x.shape[3]
-        (a, b), h, w = plan.patch, plan.height, plan.width
-        padded = tf.pad(x, [[0, 0], [0, 0], [plan.front, plan.back], [0, 0]])
-        parts = []
-        for start, size in plan.pieces:
-            # keys anchor + start + t (t < size) of every block: row 0 of each a-row band
-            part = tf.reshape(padded[:, :, plan.front + start:plan.front + start + n],
-                              (-1, 1, h // a, a, w // b, b, d))[:, :, :, 0, :, :size]
-            parts.append(tf.reshape(part, (-1, 1, n // (a * b), size, d)))
-        return tf.concat(parts, axis=3)
+        return tf.gather(x, self.plan.window_index, axis=2)
 
     def _unwindows(self, grad):
-        """The transpose of ``_windows``: (B, 1, blocks, keys, d) → (B, 1, n, d), summing the
-        contributions of every window a key is in."""
-        plan, d = self.plan, grad.shape[-1]
-        (a, b), h, w = plan.patch, plan.height, plan.width
-        n = h * w
-        length = plan.front + n + plan.back
-        total = 0.0
-        for (start, size), part in zip(plan.pieces, tf.split(grad, [p[1] for p in plan.pieces], axis=3)):
-            part = tf.reshape(part, (-1, 1, h // a, 1, w // b, size, d))
-            part = tf.pad(part, [[0, 0]] * 3 + [[0, a - 1], [0, 0], [0, b - size], [0, 0]])
-            s = plan.front + start
-            total = total + tf.pad(tf.reshape(part, (-1, 1, n, d)),
-                                   [[0, 0], [0, 0], [s, length - s - n], [0, 0]])
-        return total[:, :, plan.front:plan.front + n]
+        """The transpose of ``_windows``: (B, 1, blocks, keys, d) → (B, 1, n, d),
+        summing the contributions of every window a key is in."""
+        plan = self.plan
+        flat = tf.reshape(grad, (-1, 1, grad.shape[2] * grad.shape[3], grad.shape[4]))
+        flat = tf.pad(flat, [[0, 0], [0, 0], [0, 1], [0, 0]])  # the zero row ``inverse`` pads with
+        return tf.reduce_sum(tf.gather(flat, plan.inverse, axis=2), axis=3)  # (B, 1, n, cover, d) summed
 
     def _text_logits(self, q, k, scale):
-        return tf.where(self.text_mask, _logits(q[:, :, :self.tl], k[:, :, :self.tl], scale), _NEG)
+        """Every query (B, 1, T, d) against the text keys: (B, 1, T, tl), masked. Query t may
+        see text key j iff j ≤ t: causal for the text queries, all text for the image ones."""
+        allowed = tf.range(q.shape[2])[:, None] >= tf.range(self.tl)[None, :]  # (T, tl)
+        return tf.where(allowed, _logits(q, k[:, :, :self.tl], scale), _NEG)
 
     def _image_logits(self, qb, kw, scale):
         """Image query blocks (B, 1, blocks, a·b, d) × their key windows (B, 1, blocks, keys, d):
@@ -402,40 +380,29 @@ class _Core:
         return tf.where(self.plan.mask, _logits(qb, kw, scale), _NEG)
 
     def _forward(self, q, k, v):
-        """One head (B, 1, T, d) in view order → out (B, 1, T, d), lse (B, 1, T) and, with
-        text, the image queries' text probabilities (B, 1, n, tl)."""
+        """One head (B, 1, T, d) in view order → out (B, 1, T, d) and lse (B, 1, T)."""
         scale = q.shape[-1] ** -0.5
-        tl, n = self.tl, q.shape[2] - self.tl
-        outs, lses = [], []
-        if tl:
-            text = self._text_logits(q, k, scale)
-            m = tf.reduce_max(text, -1, keepdims=True)
-            e = tf.exp(text - m)
-            total = tf.reduce_sum(e, -1, keepdims=True)
-            outs.append(tf.cast(tf.matmul(tf.cast(e, v.dtype), v[:, :, :tl]), tf.float32) / total)
-            lses.append(m[..., 0] + tf.math.log(total[..., 0]))
-        # Image queries: one softmax over the window logits and the text logits.
+        tl = self.tl
+        # The image queries' window logits, and every query against the text keys; one
+        # softmax over both.
         image = self._image_logits(self._blocks(q[:, :, tl:]), self._windows(k[:, :, tl:]), scale)
         m = self._unblocks(tf.reduce_max(image, -1))  # (B, 1, n)
         if tl:
-            image_text = _logits(q[:, :, tl:], k[:, :, :tl], scale)  # (B, 1, n, tl)
-            m = tf.maximum(m, tf.reduce_max(image_text, -1))
-        e = tf.exp(image - self._blocks(m)[..., None])
-        total = self._unblocks(tf.reduce_sum(e, -1))
+            text = self._text_logits(q, k, scale)  # (B, 1, T, tl)
+            m_text = tf.reduce_max(text, -1)  # (B, 1, T)
+            m = tf.concat([m_text[:, :, :tl], tf.maximum(m_text[:, :, tl:], m)], axis=2)  # (B, 1, T)
+        e = tf.exp(image - self._blocks(m[:, :, tl:])[..., None])
+        total = self._unblocks(tf.reduce_sum(e, -1))  # (B, 1, n)
         out = self._unblocks(tf.cast(tf.matmul(tf.cast(e, v.dtype), self._windows(v[:, :, tl:])),
                                      tf.float32))  # (B, 1, n, d)
         if tl:
-            e = tf.exp(image_text - m[..., None])
-            total += tf.reduce_sum(e, -1)
-            out += tf.cast(tf.matmul(tf.cast(e, v.dtype), v[:, :, :tl]), tf.float32)
-        outs.append(out / total[..., None])
-        lses.append(m + tf.math.log(total))
-        results = [tf.cast(tf.concat(outs, axis=2), v.dtype), tf.concat(lses, axis=2)]
-        if tl:
-            results.append(e / total[..., None])  # the image queries' text probabilities
-        return results
+            e = tf.exp(text - m[..., None])
+            out = (tf.cast(tf.matmul(tf.cast(e, v.dtype), v[:, :, :tl]), tf.float32)
+                   + tf.pad(out, [[0, 0], [0, 0], [tl, 0], [0, 0]]))  # (B, 1, T, d)
+            total = tf.reduce_sum(e, -1) + tf.pad(total, [[0, 0], [0, 0], [tl, 0]])
+        return tf.cast(out / total[..., None], v.dtype), m + tf.math.log(total)
 
-    def _backward(self, q, k, v, out, lse, dout, p_text=None):
+    def _backward(self, q, k, v, out, lse, dout):
         scale = q.shape[-1] ** -0.5
         tl = self.tl
         dout = tf.cast(dout, v.dtype)
@@ -450,17 +417,15 @@ class _Core:
             return [tf.cast(x, tf.float32) for x in
                     (tf.matmul(ds, k_), tf.matmul(ds, q_, transpose_a=True), dv_)]
 
-        t, i = slice(0, tl), slice(tl, None)  # text and image positions
+        i = slice(tl, None)  # image positions
         qb, kw = self._blocks(q[:, :, i]), self._windows(k[:, :, i])
         p_image = tf.exp(self._image_logits(qb, kw, scale) - self._blocks(lse[:, :, i])[..., None])
         dqb, dkw, dvw = piece(p_image, self._blocks(delta[:, :, i]), self._blocks(dout[:, :, i]),
                               qb, kw, self._windows(v[:, :, i]))
-        dq, dk, dv = [self._unblocks(dqb)], [self._unwindows(dkw)], [self._unwindows(dvw)]
+        dq, dk, dv = self._unblocks(dqb), self._unwindows(dkw), self._unwindows(dvw)  # (B, 1, n, d)
         if tl:
-            p = tf.exp(self._text_logits(q, k, scale) - lse[:, :, t, None])
-            dq_t, dk_t, dv_t = piece(p, delta[:, :, t], dout[:, :, t], q[:, :, t], k[:, :, t], v[:, :, t])
-            dq_i, dk_x, dv_x = piece(p_text, delta[:, :, i], dout[:, :, i], q[:, :, i],
-                                     k[:, :, t], v[:, :, t])
-            dq = [dq_t, dq[0] + dq_i]
-            dk, dv = [dk_t + dk_x] + dk, [dv_t + dv_x] + dv
-        return [tf.cast(tf.concat(g, axis=2), like.dtype) for g, like in ((dq, q), (dk, k), (dv, v))]
+            p_text = tf.exp(self._text_logits(q, k, scale) - lse[..., None])  # (B, 1, T, tl)
+            dq_t, dk_t, dv_t = piece(p_text, delta, dout, q, k[:, :, :tl], v[:, :, :tl])
+            dq = dq_t + tf.pad(dq, [[0, 0], [0, 0], [tl, 0], [0, 0]])
+            dk, dv = tf.concat([dk_t, dk], axis=2), tf.concat([dv_t, dv], axis=2)
+        return [tf.cast(g, like.dtype) for g, like in ((dq, q), (dk, k), (dv, v))]
