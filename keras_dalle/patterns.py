@@ -291,8 +291,9 @@ class _Core:
     head's logits are alive at a time. ``transpose`` = (h, w): the image is in raster order
     but the plan's view is column-major (each head is transposed inside the loop).
 
-    Three pieces share one softmax: text queries × text keys (causal), image queries × text
-    keys, and image query blocks × their key windows (the plan's offsets, one matmul)."""
+    Two pieces share one softmax: every query × the text keys (one matmul, causal for the
+    text queries) and the image query blocks × their key windows (the plan's offsets, one
+    batched matmul)."""
 
     def __init__(self, plan, text_len, transpose=None):
         self.plan, self.tl, self.transpose = plan, text_len, transpose

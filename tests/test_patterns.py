@@ -191,8 +191,9 @@ def test_sparse_with_and_without_text(pattern):
 @pytest.mark.parametrize("pattern", ["row", "column", "conv"])
 def test_sparse_matches_masked_dense_for_every_query_block(pattern, patch):
     # Query blocks of part of a row, a whole row and 2-D patches on an 8 × 16 grid (16 × 8 in
-    # the column view): key windows that straddle blocks, runs split into several slices, and
-    # masks that differ between blocks.
+    # the column view): key windows that straddle blocks and leave the grid, keys shared by
+    # several windows (their gradients summed by the inverse gather), and masks that differ
+    # between blocks.
     text_len, h, w, ks = 4, 8, 16, 5
     q, k, v = _qkv(text_len + h * w, seed=sum(patch), batch=1, heads=2)
     sparse = PatternAttention(pattern, text_len, h, w, ks)
@@ -217,6 +218,23 @@ def test_sparse_plan_covers_exactly_the_mask():
                 rebuilt[np.ix_(queries, keys[on])] |= mask[:, on]
             np.testing.assert_array_equal(rebuilt, image)
             assert plan.logits(h * w) < image.size  # and computes less than dense
+
+
+def test_sparse_plan_inverse_sums_exactly_the_used_window_slots():
+    # ``inverse`` turns the key gradients of the windows back into per-key sums by a gather:
+    # it must equal a scatter-add of every slot some query of its block uses.
+    h, w = 8, 16
+    rng = np.random.default_rng(0)
+    for pattern in ("row", "column", "conv"):
+        for patch in ((1, 8), (2, 8), (4, 4)):
+            plan = _make_plan(pattern, 0, h, w, 5, patches=[patch])
+            grad = rng.normal(size=plan.key_index.shape)  # (blocks, keys)
+            used = plan.mask.any(axis=1)
+            expected = np.zeros(h * w)
+            np.add.at(expected, plan.key_index[used], grad[used])
+            padded = np.append(grad.reshape(-1), 0.0)  # the zero row the table pads with
+            np.testing.assert_allclose(padded[plan.inverse].sum(axis=1), expected, atol=1e-12)
+            assert (plan.window_index == np.clip(plan.key_index, 0, h * w - 1)).all()
 
 
 def test_masked_dense_matches_reference_softmax():
