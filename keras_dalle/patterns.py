@@ -135,15 +135,20 @@ class _WindowPlan:
     the offsets its mask rows use, so a block's keys are ``key_index`` = anchor + offsets and
     ``mask`` (blocks, a·b, keys) holds the pattern on them (False off the grid).
 
-    The kernel gathers each block's keys with ``window_index`` (``key_index`` clipped to the
-    grid: off-grid slots are masked) and sums the key gradients back with ``inverse`` (n,
-    cover): for each key, the flat (block · keys + slot) positions it fills in the blocks that
-    use it, padded with blocks · keys (a zero row) — a gather, not a scatter."""
+    The kernel works on the image in raster order and reaches the view through index tables
+    (``order``: the raster index of each view slot; the identity except for "column"):
+    ``query_index`` (blocks, a·b) gathers the blocks' queries and ``query_position`` (n) puts
+    their results back; ``window_index`` (blocks, keys) gathers each block's keys
+    (``key_index`` clipped to the grid: off-grid slots are masked) and ``inverse`` (n, cover)
+    sums the key gradients back: for each key, the flat (block · keys + slot) positions it
+    fills in the blocks that use it, padded with blocks · keys (a zero row) — a gather, not a
+    scatter."""
 
-    def __init__(self, view_mask, height, width, patch):
+    def __init__(self, view_mask, height, width, patch, order=None):
         a, b = patch
         n = height * width
         blocks = n // (a * b)
+        order = np.arange(n) if order is None else np.asarray(order)
         # (blocks, a·b): the view index of each block's queries, row by row within the block
         self.queries = (np.arange(n).reshape(height // a, a, width // b, b)
                         .transpose(0, 2, 1, 3).reshape(blocks, a * b))
@@ -152,17 +157,24 @@ class _WindowPlan:
         block_of[self.queries] = np.arange(blocks)[:, None]
         queries, keys = np.nonzero(view_mask)
         self.height, self.width, self.patch, self.block = height, width, (a, b), a * b
+        self.order = order
         self.offsets = np.unique(keys - anchors[block_of[queries]])
-        self.key_index = anchors[:, None] + self.offsets  # (blocks, keys)
+        self.key_index = anchors[:, None] + self.offsets  # (blocks, keys), view indices
         on_grid = (self.key_index >= 0) & (self.key_index < n)
-        self.window_index = np.clip(self.key_index, 0, n - 1).astype(np.int32)
-        self.mask = on_grid[:, None] & view_mask[self.queries[:, :, None], self.window_index[:, None]]
-        # inverse: the slots some query of the block uses, grouped by key
+        clipped = np.clip(self.key_index, 0, n - 1)
+        self.mask = on_grid[:, None] & view_mask[self.queries[:, :, None], clipped[:, None]]
+        # Raster-order index tables for the kernel.
+        self.window_index = order[clipped].astype(np.int32)
+        self.query_index = order[self.queries].astype(np.int32)
+        self.query_position = np.empty(n, dtype=np.int32)
+        self.query_position[self.query_index.reshape(-1)] = np.arange(n)
+        self.plain_blocks = a == 1 and (order == np.arange(n)).all()  # blocks = a reshape
+        # inverse: the slots some query of the block uses, grouped by (raster) key
         width_k = len(self.offsets)
         block, slot = np.nonzero(self.mask.any(axis=1))
-        key = self.key_index[block, slot]
-        order = np.argsort(key, kind="stable")
-        key, flat = key[order], (block * width_k + slot)[order]
+        key = order[self.key_index[block, slot]]
+        by_key = np.argsort(key, kind="stable")
+        key, flat = key[by_key], (block * width_k + slot)[by_key]
         counts = np.bincount(key, minlength=n)
         rank = np.arange(len(key)) - np.repeat(np.cumsum(counts) - counts, counts)
         self.inverse = np.full((n, max(1, counts.max())), blocks * width_k, dtype=np.int32)
@@ -185,6 +197,7 @@ def _make_plan(pattern, text_len, grid_height, grid_width, kernel_size, patches=
     default: 1, 2, 4 or 8 rows × a whole, half, quarter or eighth row of the view)."""
     h, w = grid_height, grid_width
     image = pattern_mask(pattern, 0, h, w, kernel_size)
+    view = None
     if pattern == "column":
         view = np.arange(h * w).reshape(h, w).T.reshape(-1)  # raster index of each column-major slot
         image = image[np.ix_(view, view)]
@@ -193,7 +206,7 @@ def _make_plan(pattern, text_len, grid_height, grid_width, kernel_size, patches=
         patches = {(a, b) for a in (1, 2, 4, 8) for b in (w, w // 2, w // 4, w // 8)
                    if b >= 4 and 16 <= a * b <= 128}
         patches = sorted(patches | {(1, w)})  # tiny grids: whole rows
-    plans = [_WindowPlan(image, h, w, patch) for patch in patches
+    plans = [_WindowPlan(image, h, w, patch, view) for patch in patches
              if h % patch[0] == 0 and w % patch[1] == 0]
     if not plans:
         raise ValueError(f"no query block in {patches} tiles the {h}x{w} grid")
@@ -270,10 +283,9 @@ class PatternAttention:
         return self._sparse(q, k, v)
 
     def _sparse(self, q, k, v):
-        # "column" works in column-major image order, where its band is a row band: each head
-        # is transposed inside the kernel's head loop (no full-size transposed copies).
-        column = (self.grid_height, self.grid_width) if self.pattern == "column" else None
-        return _Core(self.plan, self.text_len, column)(q, k, v)  # (B, heads, T, d)
+        # "column" works in column-major image order, where its band is a row band: the
+        # plan's index tables read and write the raster-order tensors in that order.
+        return _Core(self.plan, self.text_len)(q, k, v)  # (B, heads, T, d)
 
 
 _NEG = -1e30  # masked logit: exp(_NEG − anything finite) is exactly 0 in float32
@@ -288,26 +300,26 @@ class _Core:
     """The sparse core on (B, heads, T, d) tensors, in the style of FlashAttention: the forward
     pass keeps the output and each query's log-sum-exp; the backward pass recomputes the
     probabilities from the log-sum-exp. The heads run one after the other in a loop, so one
-    head's logits are alive at a time. ``transpose`` = (h, w): the image is in raster order
-    but the plan's view is column-major (each head is transposed inside the loop).
+    head's logits are alive at a time. Everything stays in raster order; the plan's index
+    tables gather the query blocks and key windows of its view (column-major for "column").
 
     Two pieces share one softmax: every query × the text keys (one matmul, causal for the
     text queries) and the image query blocks × their key windows (the plan's offsets, one
     batched matmul)."""
 
-    def __init__(self, plan, text_len, transpose=None):
-        self.plan, self.tl, self.transpose = plan, text_len, transpose
+    def __init__(self, plan, text_len):
+        self.plan, self.tl = plan, text_len
 
     def __call__(self, q, k, v):
         heads = q.shape[1]
 
         def per_head(fn, tensors, dtypes):
             """fn on each head in a loop, so that XLA runs the heads one after the other and
-            reuses their temporaries. ``tensors``: (B, heads, …) in raster order, passed to
-            fn in the view order; fn's outputs come back in raster order as (B, heads, …)."""
+            reuses their temporaries. ``tensors``: (B, heads, …); fn gets (B, 1, …) and its
+            outputs come back as (B, heads, …)."""
             def body(i):
-                outs = fn(*(self._to_view(tf.gather(x, [i], axis=1)) for x in tensors))
-                return tuple(self._from_view(o)[:, 0] for o in outs)
+                outs = fn(*(tf.gather(x, [i], axis=1) for x in tensors))
+                return tuple(o[:, 0] for o in outs)
 
             outs = tf.map_fn(body, tf.range(heads), fn_output_signature=tuple(dtypes),
                              parallel_iterations=1)  # (heads, B, …)
@@ -324,38 +336,18 @@ class _Core:
 
         return core(q, k, v)
 
-    def _to_view(self, x):
-        """(B, 1, T, …) raster → the plan's view (column-major image) when ``transpose``."""
-        return x if self.transpose is None else self._transpose_image(x, *self.transpose)
-
-    def _from_view(self, x):
-        return x if self.transpose is None else self._transpose_image(x, *reversed(self.transpose))
-
-    def _transpose_image(self, x, rows, cols):
-        """Transpose the image part (after the text) of (B, 1, T, …) from a rows × cols grid."""
-        rest = x.shape[3:]
-        image = tf.reshape(x[:, :, self.tl:], (-1, 1, rows, cols, *rest))
-        image = tf.transpose(image, [0, 1, 3, 2] + list(range(4, len(image.shape))))  # (B, 1, cols, rows, …)
-        return tf.concat([x[:, :, :self.tl], tf.reshape(image, (-1, 1, rows * cols, *rest))], axis=2)
-
     def _blocks(self, x):
-        """(B, 1, n, …) image part in view order → (B, 1, blocks, a·b, …) query blocks."""
-        plan, rest = self.plan, x.shape[3:]
-        (a, b), h, w = plan.patch, plan.height, plan.width
-        if a == 1:
-            return tf.reshape(x, (-1, 1, h * w // b, b, *rest))
-        x = tf.reshape(x, (-1, 1, h // a, a, w // b, b, *rest))
-        x = tf.transpose(x, [0, 1, 2, 4, 3, 5] + list(range(6, len(x.shape))))  # (B, 1, h/a, w/b, a, b, …)
-        return tf.reshape(x, (-1, 1, h * w // (a * b), a * b, *rest))
+        """(B, 1, n, …) image part, raster order → (B, 1, blocks, a·b, …) query blocks."""
+        plan = self.plan
+        if plan.plain_blocks:
+            return tf.reshape(x, (-1, 1, *plan.query_index.shape, *x.shape[3:]))
+        return tf.gather(x, plan.query_index, axis=2)
 
     def _unblocks(self, x):
         """The inverse of ``_blocks``: (B, 1, blocks, a·b, …) → (B, 1, n, …)."""
-        plan, rest = self.plan, x.shape[4:]
-        (a, b), h, w = plan.patch, plan.height, plan.width
-        if a > 1:
-            x = tf.reshape(x, (-1, 1, h // a, w // b, a, b, *rest))
-            x = tf.transpose(x, [0, 1, 2, 4, 3, 5] + list(range(6, len(x.shape))))  # (B, 1, h/a, a, w/b, b, …)
-        return tf.reshape(x, (-1, 1, h * w, *rest))
+        plan = self.plan
+        x = tf.reshape(x, (-1, 1, x.shape[2] * x.shape[3], *x.shape[4:]))
+        return x if plan.plain_blocks else tf.gather(x, plan.query_position, axis=2)
 
     def _windows(self, x):
         """Image keys or values (B, 1, n, d) → each query block's key window (B, 1, blocks, keys, d)."""

@@ -230,11 +230,13 @@ def test_sparse_plan_inverse_sums_exactly_the_used_window_slots():
             plan = _make_plan(pattern, 0, h, w, 5, patches=[patch])
             grad = rng.normal(size=plan.key_index.shape)  # (blocks, keys)
             used = plan.mask.any(axis=1)
-            expected = np.zeros(h * w)
-            np.add.at(expected, plan.key_index[used], grad[used])
+            expected = np.zeros(h * w)  # raster order, as the kernel's tensors
+            np.add.at(expected, plan.order[plan.key_index[used]], grad[used])
             padded = np.append(grad.reshape(-1), 0.0)  # the zero row the table pads with
             np.testing.assert_allclose(padded[plan.inverse].sum(axis=1), expected, atol=1e-12)
-            assert (plan.window_index == np.clip(plan.key_index, 0, h * w - 1)).all()
+            assert (plan.window_index == plan.order[np.clip(plan.key_index, 0, h * w - 1)]).all()
+            # the query tables are inverse permutations of each other
+            assert (plan.query_index.reshape(-1)[plan.query_position] == np.arange(h * w)).all()
 
 
 def test_masked_dense_matches_reference_softmax():
