@@ -156,7 +156,7 @@ class _WindowPlan:
         block_of = np.empty(n, dtype=int)
         block_of[self.queries] = np.arange(blocks)[:, None]
         queries, keys = np.nonzero(view_mask)
-        self.height, self.width, self.patch, self.block = height, width, (a, b), a * b
+        self.patch, self.block = (a, b), a * b
         self.order = order
         self.offsets = np.unique(keys - anchors[block_of[queries]])
         self.key_index = anchors[:, None] + self.offsets  # (blocks, keys), view indices
@@ -373,7 +373,7 @@ class _Core:
         return tf.where(self.plan.mask, _logits(qb, kw, scale), _NEG)
 
     def _forward(self, q, k, v):
-        """One head (B, 1, T, d) in view order → out (B, 1, T, d) and lse (B, 1, T)."""
+        """One head (B, 1, T, d), raster order → out (B, 1, T, d) and lse (B, 1, T)."""
         scale = q.shape[-1] ** -0.5
         tl = self.tl
         # The image queries' window logits, and every query against the text keys; one
