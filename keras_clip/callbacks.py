@@ -3,6 +3,7 @@ and a mid-epoch resumable backup."""
 
 import json
 import os
+import signal
 
 import keras
 import numpy as np
@@ -129,13 +130,27 @@ class SkipCountLogger(keras.callbacks.Callback):
             print(f"\nskipped records so far: {counts}")
 
 
+# Test hook (see ResumableBackup): the global step at whose end the process SIGKILLs itself.
+KILL_AT_STEP_ENV = "KERAS_CLIP_TEST_KILL_AT_STEP"
+
+
 class ResumableBackup(keras.callbacks.Callback):
-    """Backs up weights + optimizer state and the global step every ``save_freq`` batches.
+    """Backs up weights + optimizer state and the global step every ``save_freq`` batches and at
+    every epoch end.
 
     Unlike ``keras.callbacks.BackupAndRestore`` (which restarts an interrupted epoch from its
     first batch), the saved global step lets ``keras_clip.train`` resume the data stream at the
     exact batch, so a killed run reaches the same final weights as an uninterrupted one.
     Files are written to a temporary name and renamed, so a kill never leaves a torn backup.
+    ``steps_run`` counts the batches this callback saw end in this process.
+
+    Test hook: with the environment variable ``KERAS_CLIP_TEST_KILL_AT_STEP=N`` set, the process
+    sends itself SIGKILL (``os.kill(os.getpid(), signal.SIGKILL)``) in ``on_train_batch_end`` of
+    global step N (the optimizer's ``iterations`` reaching N), right after that step's backup
+    has been written if N is a multiple of ``save_freq``, and before the epoch-end backup if N
+    ends an epoch. The newest backup left on disk is then the later of step
+    ``N - N % save_freq`` and the last epoch end before N. ``tests/test_train_resume.py`` uses
+    it to kill a run mid-epoch at a known point.
     """
 
     def __init__(self, backup_dir, save_freq=50):
@@ -143,6 +158,9 @@ class ResumableBackup(keras.callbacks.Callback):
         self.backup_dir = backup_dir
         self.save_freq = save_freq
         self.meta_path = os.path.join(backup_dir, "backup.json")
+        self.steps_run = 0
+        kill_at = os.environ.get(KILL_AT_STEP_ENV)
+        self.kill_at_step = int(kill_at) if kill_at else None
 
     def restore(self):
         """Load the last backup into the model; returns the global step it was taken at (0 if none)."""
@@ -171,8 +189,12 @@ class ResumableBackup(keras.callbacks.Callback):
                 os.remove(os.path.join(self.backup_dir, old))
 
     def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) % self.save_freq == 0:
+        self.steps_run += 1
+        step = int(self.model.optimizer.iterations.numpy())
+        if step % self.save_freq == 0:
             self._save()
+        if step == self.kill_at_step:  # test hook: die here, as a SIGKILL from outside would
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def on_epoch_end(self, epoch, logs=None):
         self._save()

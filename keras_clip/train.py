@@ -3,7 +3,9 @@
     python -m keras_clip.train --preset ViT-S-Demo --data shapes --epochs 10 --batch-size 128 \
         --logdir runs/clip --output runs/clip/clip.keras
 
-The run resumes from ``<logdir>/backup`` when restarted (at the exact batch it stopped at).
+The run resumes from ``<logdir>/backup`` when restarted, at the batch after its last backup
+(every ``--save-freq`` steps and at each epoch end); steps trained after that backup are
+trained again. Test hook: ``KERAS_CLIP_TEST_KILL_AT_STEP`` (see ``callbacks.ResumableBackup``).
 """
 
 import argparse
@@ -140,6 +142,11 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
         for k, v in h.history.items():
             history.setdefault(k, []).extend(v)
     history["train_seconds"] = time.time() - t0
+    # Where this process started and ended, and how many batches it trained (a resumed run
+    # trains only the steps after its backup).
+    history["start_step"] = start
+    history["end_step"] = int(model.optimizer.iterations.numpy())
+    history["steps_run"] = backup.steps_run
     if output and chief:
         save_model_atomic(model, output)
     return model, history
@@ -182,7 +189,8 @@ def main(argv=None):
         gradient_accumulation_steps=args.grad_accum, num_examples=args.num_examples,
         verbose=args.verbose, **overrides)
     final = {k: v[-1] for k, v in history.items() if isinstance(v, list) and v}
-    print(f"trained in {history['train_seconds']:.0f}s; final: " +
+    print(f"trained {history['steps_run']} steps (global step {history['start_step']} -> "
+          f"{history['end_step']}) in {history['train_seconds']:.0f}s; final: " +
           ", ".join(f"{k}={v:.4f}" for k, v in sorted(final.items())))
     return history
 
