@@ -65,20 +65,20 @@ demo-dalle: $(STAMP)
 
 demo-dvae: $(STAMP)
 	rm -rf $(DEMO)/dvae
-	$(PY) -m keras_dalle.train_vae --data shapes --preset dvae-shapes --logdir $(DEMO)/dvae \
+	$(PY) -m keras_dalle.vae.train --data shapes --preset dvae-shapes --logdir $(DEMO)/dvae \
 		--out $(DEMO)/dvae.keras --verbose 2
 
 demo-dalle-train: $(STAMP)
 	test -f $(DEMO)/dvae.keras || $(MAKE) --no-print-directory demo-dvae
 	rm -rf $(DEMO)/dalle
-	$(PY) -m keras_dalle.train --data shapes --vae $(DEMO)/dvae.keras --preset dalle-shapes \
+	$(PY) -m keras_dalle.transformer.train --data shapes --vae $(DEMO)/dvae.keras --preset dalle-shapes \
 		--logdir $(DEMO)/dalle --output $(DEMO)/dalle.keras
 
 # A reranked grid for a few held-out prompts (colour-shape pairs never seen in training).
 demo-generate: $(STAMP)
 	test -f $(DEMO)/dalle.keras || $(MAKE) --no-print-directory demo-dalle-train
 	test -f $(DEMO)/clip.keras || $(MAKE) --no-print-directory demo-clip-train
-	$(PY) -m keras_dalle.generate "a large red circle" "a small green square" \
+	$(PY) -m keras_dalle.sampling.generate "a large red circle" "a small green square" \
 		"a blue triangle above a yellow diamond" "a large purple star" --model $(DEMO)/dalle.keras \
 		--vae $(DEMO)/dvae.keras --clip $(DEMO)/clip.keras --num-samples 8 --keep 4 \
 		--out $(DEMO)/dalle_grid.png

@@ -73,8 +73,8 @@ def main(args):
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     import keras
 
-    from keras_dalle.model import DALLE
-    from keras_dalle.sampling import sample_image_tokens
+    from keras_dalle.transformer.model import DALLE
+    from keras_dalle.sampling.sampler import sample_image_tokens
 
     c = CONFIG
     keras.utils.set_random_seed(0)

@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_clip.layers.attention import MultiHeadAttention, dot_product_attention  # noqa: E402
-from keras_dalle.patterns import PatternAttention, _make_plan, attention_logit_count  # noqa: E402
+from keras_dalle.transformer.patterns import PatternAttention, _make_plan, attention_logit_count  # noqa: E402
 
 
 def core_case(name, kernel, q, k, v):

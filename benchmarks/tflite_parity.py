@@ -33,7 +33,7 @@ def load_models(kinds=("clip", "dvae")):
     import keras
     from export import tflite as T
     from keras_clip.model import CLIP
-    from keras_dalle.presets import dvae_from_preset
+    from keras_dalle.vae.presets import dvae_from_preset
     keras.utils.set_random_seed(0)
     out = []
     for kind, preset, path, build in (

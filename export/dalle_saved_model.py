@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from export.dvae_saved_model import images_to_png
-from export.saved_model import (_check_batch, _checked, _next_version, run_export_cli,
+from export.saved_model import (check_batch, checked, next_version, run_export_cli,
                                 write_version_atomic)
 
 
@@ -45,7 +45,7 @@ class DALLEServingModule(tf.Module):
     def __init__(self, dalle, vae, clip=None, temperature=1.0, top_k=None, top_p=None):
         super().__init__(name="dalle_serving")
         from keras_clip.text.tokenizer import CLIPTokenizer
-        from keras_dalle.sampling import _get_sampler
+        from keras_dalle.sampling.sampler import get_sampler
 
         if vae.token_grid_size != dalle.grid_height or dalle.grid_height != dalle.grid_width:
             raise ValueError(f"the dVAE's {vae.token_grid_size}x{vae.token_grid_size} token grid "
@@ -55,7 +55,7 @@ class DALLEServingModule(tf.Module):
                              f"image vocabulary ({dalle.image_vocab_size})")
         self.dalle, self.vae, self.clip = dalle, vae, clip
         self.temperature, self.top_k, self.top_p = float(temperature), top_k, top_p
-        self.sampler = _get_sampler(dalle)
+        self.sampler = get_sampler(dalle)
         self.tokenizer = CLIPTokenizer(context_length=dalle.text_len, truncate=True)
         self.model_variables = _tracked(dalle) + _tracked(vae)
         if clip is not None:
@@ -69,7 +69,7 @@ class DALLEServingModule(tf.Module):
 
     def _clip_scores(self, images, prompts, num_samples):
         """100·cos of each image [B·S, H, W, 3] in [0, 1] with its prompt → [B, S]."""
-        from keras_dalle.rerank import clip_image_embeddings, clip_text_embeddings
+        from keras_dalle.sampling.rerank import clip_image_embeddings, clip_text_embeddings
 
         img = clip_image_embeddings(self.clip, images)
         txt = clip_text_embeddings(self.clip, self.clip_tokenizer(prompts))
@@ -77,10 +77,10 @@ class DALLEServingModule(tf.Module):
         return tf.reshape(100.0 * tf.reduce_sum(img * txt, axis=-1), [-1, num_samples])
 
     def _generate(self, prompts, num_samples, keep, seed):
-        prompts = _check_batch(prompts, "prompts")
-        num_samples = _checked(num_samples, tf.debugging.assert_positive(
+        prompts = check_batch(prompts, "prompts")
+        num_samples = checked(num_samples, tf.debugging.assert_positive(
             num_samples, message="num_samples must be >= 1"))
-        keep = _checked(keep, tf.debugging.assert_positive(keep, message="keep must be >= 1"),
+        keep = checked(keep, tf.debugging.assert_positive(keep, message="keep must be >= 1"),
                         tf.debugging.assert_less_equal(
                             keep, num_samples, message="keep must be <= num_samples"))
         m = self.dalle
@@ -110,7 +110,7 @@ def export_dalle(dalle, vae, base_path, clip=None, version=None, overwrite=False
     from export.serving_config import predict_request, write_warmup_requests
 
     base_path = os.fspath(base_path)
-    version = _next_version(base_path, version, overwrite)
+    version = next_version(base_path, version, overwrite)
     module = DALLEServingModule(dalle, vae, clip)
     fn = module.generate.get_concrete_function()
     name = os.path.basename(os.path.normpath(base_path))
@@ -137,10 +137,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     def export(version):
-        from keras_dalle.generate import _load
-        clip = _load(args.clip, "CLIP") if args.clip else None
-        return export_dalle(_load(args.model, "DALLE"), _load(args.vae, "dVAE"), args.base_path,
-                            clip, version, args.overwrite)
+        from keras_clip import CLIP
+        from keras_clip.saving import load_model
+        from keras_dalle import DALLE, DiscreteVAE
+        clip = load_model(args.clip, CLIP) if args.clip else None
+        return export_dalle(load_model(args.model, DALLE), load_model(args.vae, DiscreteVAE),
+                            args.base_path, clip, version, args.overwrite)
 
     return run_export_cli(args.model, args.base_path, args.version, args.overwrite, export)
 

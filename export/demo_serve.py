@@ -186,21 +186,21 @@ def main(argv=None):
     models = {"clip": "/models/clip"}
     grid = None
     if args.dvae:
-        import keras
-
-        import keras_dalle.vae  # noqa: F401
         from export.dvae_saved_model import export_dvae
+        from keras_clip.saving import load_model
+        from keras_dalle import DiscreteVAE
         _step(f"exporting dVAE decoder → {args.out}/dvae/1")
-        vae = keras.saving.load_model(args.dvae, compile=False)
+        vae = load_model(args.dvae, DiscreteVAE)
         export_dvae(vae, os.path.join(args.out, "dvae"), version=1, overwrite=True)
         models["dvae"] = "/models/dvae"
         grid = vae.token_grid_size
     if args.dalle:
         from export.dalle_saved_model import export_dalle
-        from keras_dalle.generate import _load
+        from keras_clip.saving import load_model
+        from keras_dalle import DALLE
         _step(f"exporting DALL·E generate (tokenizer, cached sampling loop, dVAE, CLIP rerank) → "
               f"{args.out}/dalle/1")
-        export_dalle(_load(args.dalle, "DALLE"), vae, os.path.join(args.out, "dalle"), clip=clip,
+        export_dalle(load_model(args.dalle, DALLE), vae, os.path.join(args.out, "dalle"), clip=clip,
                      version=1, overwrite=True)
         models["dalle"] = "/models/dalle"
     config = write_models_config(os.path.join(args.out, "models.config"), models)

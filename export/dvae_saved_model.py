@@ -20,7 +20,7 @@ import sys
 
 import tensorflow as tf
 
-from export.saved_model import _next_version, run_export_cli, write_version_atomic
+from export.saved_model import next_version, run_export_cli, write_version_atomic
 
 
 def images_to_png(images):
@@ -62,7 +62,7 @@ def export_dvae(vae, base_path, version=None, overwrite=False):
     from export.serving_config import predict_request, write_warmup_requests
 
     base_path = os.fspath(base_path)
-    version = _next_version(base_path, version, overwrite)
+    version = next_version(base_path, version, overwrite)
     module = DVAEServingModule(vae)
     fn = module.decode.get_concrete_function()
     grid = vae.token_grid_size
@@ -86,12 +86,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     def export(version):
-        if not os.path.exists(args.model):
-            raise FileNotFoundError(f"no model file at {args.model}")
-        import keras
-
-        import keras_dalle.vae  # noqa: F401  (registers the serializable classes)
-        vae = keras.saving.load_model(args.model, compile=False)
+        from keras_clip.saving import load_model
+        from keras_dalle import DiscreteVAE
+        vae = load_model(args.model, DiscreteVAE)
         return export_dvae(vae, args.base_path, version, args.overwrite)
 
     return run_export_cli(args.model, args.base_path, args.version, args.overwrite, export)

@@ -42,14 +42,14 @@ DEFAULT_TEMPLATE = "a photo of a {}."
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 
 
-def _checked(x, *checks):
+def checked(x, *checks):
     """``x`` behind ``checks`` (assert ops): the checks fail first, with their own message."""
     with tf.control_dependencies(checks):
         return tf.identity(x)
 
 
-def _check_batch(x, name):
-    return _checked(x, tf.debugging.assert_positive(
+def check_batch(x, name):
+    return checked(x, tf.debugging.assert_positive(
         tf.size(x), message=f"{name}: empty batch (need at least one element along dimension 0)"))
 
 
@@ -66,7 +66,7 @@ def _check_images(images):
     check = tf.debugging.Assert(tf.reduce_all(ok), [
         "images: not an encoded image (expected JPEG, PNG, GIF, BMP or WebP bytes) at batch "
         "indices", tf.reshape(tf.where(~ok), [-1])], summarize=16)
-    return _checked(images, check)
+    return checked(images, check)
 
 
 class CLIPServingModule(tf.Module):
@@ -116,17 +116,17 @@ class CLIPServingModule(tf.Module):
         return tf.math.l2_normalize(emb, axis=-1, epsilon=1e-12)
 
     def _encode_text(self, texts):
-        texts = _check_batch(texts, "texts")
+        texts = check_batch(texts, "texts")
         return {"embeddings": self._text_embeddings(texts)}
 
     def _encode_image(self, images):
-        images = _check_batch(images, "images")
+        images = check_batch(images, "images")
         return {"embeddings": self._image_embeddings(images)}
 
     def _zero_shot(self, images, labels):
-        images = _check_batch(images, "images")
+        images = check_batch(images, "images")
         real = tf.not_equal(labels, "")
-        labels = _checked(
+        labels = checked(
             labels,
             tf.debugging.assert_equal(
                 tf.shape(labels)[0], tf.shape(images)[0],
@@ -165,7 +165,7 @@ def existing_versions(base_path):
                   if d.isdigit() and os.path.isdir(os.path.join(base_path, d)))
 
 
-def _next_version(base_path, version, overwrite):
+def next_version(base_path, version, overwrite):
     if version is None:
         return (existing_versions(base_path) or [0])[-1] + 1
     if int(version) != version or version < 1:
@@ -222,7 +222,7 @@ def export_clip(model, base_path, version=None, overwrite=False, template=DEFAUL
     from export.serving_config import clip_warmup_requests, write_warmup_requests
 
     base_path = os.fspath(base_path)
-    version = _next_version(base_path, version, overwrite)
+    version = next_version(base_path, version, overwrite)
     module = CLIPServingModule(model, template=template)
     signatures = module.signatures()
 
@@ -237,12 +237,9 @@ def export_clip(model, base_path, version=None, overwrite=False, template=DEFAUL
 
 def load_clip_model(path):
     """Load a ``.keras`` CLIP (keras_clip classes registered)."""
-    import keras
-
-    import keras_clip  # noqa: F401  (registers the serializable classes)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no model file at {path}")
-    return keras.saving.load_model(path, compile=False)
+    from keras_clip import CLIP
+    from keras_clip.saving import load_model
+    return load_model(path, CLIP)
 
 
 def run_export_cli(model_path, base_path, version, overwrite, export):
@@ -251,7 +248,7 @@ def run_export_cli(model_path, base_path, version, overwrite, export):
     The version is resolved (and an existing one refused) before ``export`` loads anything.
     """
     try:
-        path = export(_next_version(base_path, version, overwrite))
+        path = export(next_version(base_path, version, overwrite))
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

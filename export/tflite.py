@@ -77,7 +77,7 @@ class ParityError(ValueError):
 # ------------------------------------------------------------------------------------- models
 def _model_kind(model):
     from keras_clip.model import CLIP
-    from keras_dalle.vae import DiscreteVAE
+    from keras_dalle import DiscreteVAE
     if isinstance(model, CLIP):
         return "clip"
     if isinstance(model, DiscreteVAE):
@@ -87,15 +87,10 @@ def _model_kind(model):
 
 def load_model(path):
     """Load a keras_clip ``CLIP`` or keras_dalle ``DiscreteVAE`` from a .keras file."""
-    import keras
-    import keras_clip  # noqa: F401  (registers the serializable classes)
-    import keras_dalle.vae  # noqa: F401
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"model file not found: {path}")
-    if not path.endswith(".keras"):
-        raise ValueError(f"expected a .keras model file (CLIP or DiscreteVAE), got {path!r}")
-    return keras.saving.load_model(path, compile=False)
+    from keras_clip import CLIP
+    from keras_clip.saving import load_model as load
+    from keras_dalle import DiscreteVAE
+    return load(path, (CLIP, DiscreteVAE))
 
 
 def _check_part(model, part):
@@ -183,8 +178,8 @@ def _decode_by_gather(vae):
 def concrete_function(model, part):
     """A frozen (weights as constants) concrete function of the part at batch 1."""
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import \
-        convert_variables_to_constants_v2
+
+    from keras_clip.compat import convert_variables_to_constants_v2
     fn = _decode_by_gather(model) if part == "dvae-decoder" else keras_fn(model, part)
     traced = tf.function(lambda x: tf.cast(fn(x), tf.float32),
                          input_signature=[input_spec(model, part)])
@@ -353,8 +348,10 @@ def convert_concrete(fn, variant="fp32", representative=None, trackable=None, wh
 
 def tflite_ops(content):
     """Sorted op names of a .tflite flatbuffer: builtin names, ``CUSTOM:<name>`` (incl. Flex)."""
-    from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
+
+    from keras_clip.compat import tflite_schema
+    schema = tflite_schema()
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
     used = {op.opcodeIndex for g in model.subgraphs for op in g.operators}

@@ -13,7 +13,7 @@ import os as _os
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from keras_clip import presets  # noqa: E402
-from keras_clip.convert import load_pretrained  # noqa: E402
+from keras_clip.checkpoints import load_pretrained  # noqa: E402
 from keras_clip.model import CLIP  # noqa: E402
 from keras_clip.preprocessing import CLIPImagePreprocessor, preprocess_images  # noqa: E402
 from keras_clip.text.tokenizer import CLIPTokenizer, SimpleTokenizer, tokenize  # noqa: E402

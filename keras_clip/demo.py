@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 import keras_clip
-from keras_clip.convert import load_pretrained
+from keras_clip.checkpoints import load_pretrained
 
 
 def main():

@@ -10,7 +10,8 @@ from keras import ops
 from keras_clip.loss import contrastive_loss
 from keras_clip.preprocessing import OPENAI_MEAN, OPENAI_STD
 from keras_clip.presets import get_preset
-from keras_clip.strategy import build_optimizer_slots, replica_logs
+from keras_clip.compat import BuiltInInitModel
+from keras_clip.strategy import replica_logs
 from keras_clip.text.cbow import CBOWTextEncoder
 from keras_clip.text.transformer import TextTransformer
 from keras_clip.vision.resnet import ModifiedResNet
@@ -43,7 +44,7 @@ class ClipLogitScale(keras.constraints.Constraint):
 
 
 @keras.saving.register_keras_serializable(package="keras_clip")
-class CLIP(keras.Model):
+class CLIP(BuiltInInitModel, keras.Model):
     """OpenAI's CLIP as a Keras model.
 
     ``vision_patch_size=None`` selects the ModifiedResNet image tower (``vision_layers`` is then
@@ -210,8 +211,6 @@ class CLIP(keras.Model):
         self._tower_fn = None
         super().compile(optimizer=optimizer, **kwargs)
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        build_optimizer_slots(self)  # CLIP is built in __init__; see the function
 
     @property
     def metrics(self):

@@ -5,6 +5,8 @@ names use the same shapes, so parameter counts are identical). The small presets
 and the demo.
 """
 
+from keras_clip.validation import lookup_preset
+
 _TEXT_BASE = dict(context_length=77, vocab_size=49408, text_width=512, text_heads=8, text_layers=12)
 
 
@@ -60,6 +62,4 @@ REFERENCE_PARAM_COUNTS = {
 
 def get_preset(name):
     """Return a copy of the config of preset ``name``; ValueError naming the known presets."""
-    if name not in PRESETS:
-        raise ValueError(f"Unknown CLIP preset {name!r}. Available presets: {', '.join(PRESETS)}")
-    return dict(PRESETS[name])
+    return lookup_preset(PRESETS, name, "CLIP")

@@ -26,3 +26,41 @@ def save_model_atomic(model, path):
             os.remove(tmp)
         raise
     return path
+
+
+def load_model(path, expected=None, compile=False):
+    """Loads a ``.keras`` model file with clear errors.
+
+    The classes it holds must be registered, i.e. their modules imported (``import keras_clip``
+    registers CLIP; ``import keras_dalle`` the dVAE and DALL·E).
+
+    Args:
+        path: a ``.keras`` file.
+        expected: a class or tuple of classes the model must be an instance of (e.g.
+            ``keras_clip.CLIP``); None accepts any model.
+        compile: restore the training configuration (optimizer and its state) as saved.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: ``path`` does not end in ``.keras``.
+        TypeError: the file holds a model of another class than ``expected``.
+    """
+    import keras
+
+    path = os.fspath(path)
+    names = _class_names(expected)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{names or 'model'} file not found: {path}")
+    if not path.endswith(".keras"):
+        raise ValueError(f"expected a .keras model file ({names or 'a Keras model'}), got {path!r}")
+    model = keras.saving.load_model(path, compile=compile)
+    if expected is not None and not isinstance(model, expected):
+        raise TypeError(f"{path} holds a {type(model).__name__}, expected {names}")
+    return model
+
+
+def _class_names(expected):
+    if expected is None:
+        return ""
+    classes = expected if isinstance(expected, tuple) else (expected,)
+    return " or ".join(c.__name__ for c in classes)

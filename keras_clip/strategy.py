@@ -5,6 +5,8 @@ import os
 
 import tensorflow as tf
 
+from keras_clip.compat import in_multi_worker_mode
+
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
@@ -76,19 +78,17 @@ def replica_logs(strategy, logs):
     Keras reduces MultiWorkerMirroredStrategy logs with a mean over axis 0, which needs rank >= 1:
     scalars become shape [1] there; elsewhere ``logs`` is returned as is.
     """
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
-            strategy.extended._in_multi_worker_mode():
+    if in_multi_worker_mode(strategy):
         return {k: tf.reshape(tf.cast(v, "float32"), [1]) for k, v in logs.items()}
     return logs
 
 
-def build_optimizer_slots(model):
-    """What `Model._maybe_symbolic_build` must do for a model built in ``__init__`` with its
-    loss in ``train_step``: create the optimizer's slots, nothing else.
-
-    Keras' default builds by reducing a whole first batch over the replicas
-    (``strategy.reduce`` of a dict), which MultiWorkerMirroredStrategy rejects.
-    """
-    if model.optimizer is not None and not model.optimizer.built:
-        with model.distribute_strategy.scope():
-            model.optimizer.build(model.trainable_variables)
+def all_reduce_sum(x):
+    """Sums ``x`` over the replicas of the current tf.distribute strategy (identity with one
+    replica, or in cross-replica context)."""
+    if tf.distribute.get_strategy().num_replicas_in_sync <= 1:
+        return x
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None:  # cross-replica context: nothing to reduce
+        return x
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, x)

@@ -1,4 +1,6 @@
-"""keras_dalle: DALL-E (discrete VAE, sparse-attention transformer, sampling) for Keras 3.
+"""keras_dalle: DALL·E for Keras 3 — the discrete VAE (`keras_dalle.vae`), the sparse-attention
+transformer (`keras_dalle.transformer`) and sampling with CLIP reranking
+(`keras_dalle.sampling`).
 
 Example:
     >>> import keras_dalle
@@ -11,7 +13,11 @@ import os as _os
 
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from keras_dalle.dalle_presets import dalle_param_count, get_dalle_preset  # noqa: E402
-from keras_dalle.model import DALLE  # noqa: E402
+from keras_dalle.sampling import generate, rerank_samples, sample_image_tokens  # noqa: E402
+from keras_dalle.transformer import DALLE, dalle_param_count, get_dalle_preset  # noqa: E402
+from keras_dalle.vae import (DiscreteVAE, VAETrainingSchedule, dvae_from_preset,  # noqa: E402
+                             load_openai_dvae)
 
-__all__ = ["DALLE", "dalle_param_count", "get_dalle_preset"]
+__all__ = ["DALLE", "DiscreteVAE", "VAETrainingSchedule", "dalle_param_count", "dvae_from_preset",
+           "generate", "get_dalle_preset", "load_openai_dvae", "rerank_samples",
+           "sample_image_tokens"]

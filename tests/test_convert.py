@@ -8,7 +8,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from conftest import FIXTURES
-from keras_clip.convert import infer_config, load_pretrained, read_state_dict
+from keras_clip.checkpoints import infer_config, load_pretrained, read_state_dict
 from keras_clip.model import CLIP
 
 # The tiny fixtures use 32-wide heads, which shapes cannot reveal (OpenAI's are 64 wide).
@@ -79,7 +79,7 @@ def test_unreadable_or_missing_checkpoint_names_the_file(tmp_path):
         load_pretrained(str(tmp_path / "nope.safetensors"))
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="Could not read checkpoint .*garbage.safetensors"):
+    with pytest.raises(ValueError, match="Could not read CLIP checkpoint .*garbage.safetensors"):
         load_pretrained(str(garbage))
     not_clip = tmp_path / "other.npz"
     np.savez(not_clip, weight=np.zeros(3, np.float32))
@@ -103,8 +103,8 @@ def test_convert_cli_writes_a_loadable_keras_file(tmp_path):
     path, inputs, ref = _fixture("clip_vit_tiny")
     out = tmp_path / "tiny.keras"
     # Through the public CLI; the heads are passed by a small wrapper since shapes cannot tell.
-    code = ("import sys; from keras_clip import convert; import keras_clip.presets as p; "
-            "p.PRESETS['fixture-vit'] = dict(convert.infer_config(convert.read_state_dict(sys.argv[1])), "
+    code = ("import sys; from keras_clip import checkpoints, convert; import keras_clip.presets as p; "
+            "p.PRESETS['fixture-vit'] = dict(checkpoints.infer_config(checkpoints.read_state_dict(sys.argv[1])), "
             "text_heads=2, vision_heads=2); convert.main([sys.argv[1], sys.argv[2], '--preset', 'fixture-vit'])")
     result = subprocess.run([sys.executable, "-c", code, path, str(out)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch", reason="needs torch + open_clip: `make test
 open_clip = pytest.importorskip("open_clip", reason="needs open-clip-torch==3.3.0: `make test-ref`")
 
 from conftest import FIXTURES  # noqa: E402
-from keras_clip.convert import load_pretrained  # noqa: E402
+from keras_clip.checkpoints import load_pretrained  # noqa: E402
 
 sys.path.insert(0, FIXTURES)
 from make_clip_fixtures import OPENAI_NAMES, TINY, TINY_TEXT, make_inputs, perturb  # noqa: E402

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_dalle.dalle_presets import DEFAULTS, dalle_param_count, get_dalle_preset
-from keras_dalle.model import DALLE
+from keras_dalle.transformer.presets import DEFAULTS, dalle_param_count, get_dalle_preset
+from keras_dalle.transformer.model import DALLE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "scripts", "dalle_sgd_step.py")
@@ -252,8 +252,8 @@ def test_bad_inputs_in_fit(tiny):
 
 
 def test_token_dataset_from_shapes_with_a_dvae():
-    from keras_dalle.data import dalle_dataset, encode_token_arrays, unigram_entropy
-    from keras_dalle.presets import dvae_from_preset
+    from keras_dalle.transformer.data import dalle_dataset, encode_token_arrays, unigram_entropy
+    from keras_dalle.vae.presets import dvae_from_preset
 
     keras.utils.set_random_seed(0)
     vae = dvae_from_preset("dvae-tiny")
@@ -302,8 +302,8 @@ def test_two_mirrored_replicas_match_one_device_xla_step(tmp_path):
 @pytest.mark.slow
 def test_training_cli_on_shapes_with_a_tiny_dvae(tmp_path, capsys):
     # ~40 s of CPU (2–3 min wall on the busy shared machine): data, fit, evaluation, saving.
-    from keras_dalle.presets import dvae_from_preset
-    from keras_dalle.train import main
+    from keras_dalle.vae.presets import dvae_from_preset
+    from keras_dalle.transformer.train import main
 
     keras.utils.set_random_seed(0)
     vae_path = tmp_path / "dvae.keras"
@@ -328,7 +328,7 @@ def test_training_cli_on_shapes_with_a_tiny_dvae(tmp_path, capsys):
 
 
 def test_tokens_per_second_callback_counts_timed_steps(monkeypatch):
-    from keras_dalle import callbacks
+    from keras_dalle.transformer import callbacks
 
     clock = iter([10.0, 10.5, 11.0, 12.0])  # two steps: 0.5 s and 1.0 s
     monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))

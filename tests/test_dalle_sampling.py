@@ -9,12 +9,12 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_clip.model import CLIP
-from keras_dalle.generate import generate, main as generate_main
-from keras_dalle.model import DALLE
-from keras_dalle.rerank import clip_scores
-from keras_dalle.sampling import filter_logits, sample_image_tokens
+from keras_dalle.sampling.generate import generate, main as generate_main
+from keras_dalle.transformer.model import DALLE
+from keras_dalle.sampling.rerank import clip_scores
+from keras_dalle.sampling.sampler import filter_logits, sample_image_tokens
 from keras_dalle.vae import DiscreteVAE
-from keras_dalle.presets import get_preset
+from keras_dalle.vae.presets import get_preset
 
 
 def _model(impl):
@@ -147,7 +147,7 @@ def test_generate_cli_writes_a_png_grid(trio, tmp_path, capsys):
 
 
 def test_prompt_fidelity_uses_single_object_heldout_prompts_and_scores_from_pixels(trio):
-    from keras_dalle.fidelity import fidelity_prompts, prompt_fidelity
+    from keras_dalle.sampling.fidelity import fidelity_prompts, prompt_fidelity
 
     prompts, colours = fidelity_prompts(6)
     assert len(set(prompts)) == 6
@@ -161,7 +161,7 @@ def test_prompt_fidelity_uses_single_object_heldout_prompts_and_scores_from_pixe
 
 
 def test_model_generate_and_the_tensorboard_sample_grid(trio, tmp_path):
-    from keras_dalle.callbacks import SampleGrid
+    from keras_dalle.transformer.callbacks import SampleGrid
 
     dalle, vae, clip = trio
     prompts = ["a red circle", "a blue square"]

@@ -8,9 +8,9 @@ import tensorflow_text  # noqa: F401  (the SavedModel uses TF Text ops)
 
 from export.dalle_saved_model import export_dalle
 from keras_clip.model import CLIP
-from keras_dalle.generate import generate
-from keras_dalle.model import DALLE
-from keras_dalle.presets import dvae_from_preset
+from keras_dalle.sampling.generate import generate
+from keras_dalle.transformer.model import DALLE
+from keras_dalle.vae.presets import dvae_from_preset
 from test_export_saved_model import TF_TEXT_OPS, _core_ops, _graph_ops
 
 

@@ -54,9 +54,9 @@ def test_layout_and_version_numbering(exported):
                  "assets/bpe_simple_vocab_16e6.txt.gz", sc.WARMUP_FILE):
         assert os.path.exists(os.path.join(path, name)), name
     assert os.listdir(base) == ["1"]  # no temporary directory left behind
-    assert sm._next_version(base, None, False) == 2
+    assert sm.next_version(base, None, False) == 2
     with pytest.raises(FileExistsError, match="version 1 already exists.*--overwrite"):
-        sm._next_version(base, 1, False)
+        sm.next_version(base, 1, False)
 
 
 def test_warmup_requests_cover_every_signature(exported):
@@ -80,7 +80,7 @@ def test_atomic_write_hides_the_version_until_complete(tmp_path):
     assert len(seen) == 1 and not seen[0].isdigit()
     assert os.listdir(base) == ["3"]
     assert sm.existing_versions(base) == [3]
-    assert sm._next_version(base, None, False) == 4
+    assert sm.next_version(base, None, False) == 4
 
 
 def test_failed_export_leaves_no_version(tmp_path):
@@ -220,7 +220,7 @@ def test_only_tf_core_and_tf_text_ops(exported):
 
 def test_dvae_decode_export(tmp_path):
     from export.dvae_saved_model import export_dvae
-    from keras_dalle.presets import dvae_from_preset
+    from keras_dalle.vae.presets import dvae_from_preset
 
     keras.utils.set_random_seed(0)
     vae = dvae_from_preset("dvae-tiny")

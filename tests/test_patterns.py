@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from keras_clip.layers.attention import MultiHeadAttention
-from keras_dalle.patterns import (PATTERNS, PatternAttention, _make_plan, attention_logit_count,
+from keras_dalle.transformer.patterns import (PATTERNS, PatternAttention, _make_plan, attention_logit_count,
                                   default_schedule, pattern_mask)
 
 # (text_len, grid_height, grid_width, kernel_size): square and non-square grids, conv kernels

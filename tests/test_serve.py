@@ -317,7 +317,7 @@ def test_hot_swap_to_version_2_without_failed_requests(served):
 
 @pytest.mark.slow
 def test_demo_serve_on_tiny_models(tmp_path):
-    from keras_dalle.presets import dvae_from_preset
+    from keras_dalle.vae.presets import dvae_from_preset
 
     keras.utils.set_random_seed(0)
     CLIP.from_preset("ViT-Tiny").save(str(tmp_path / "clip.keras"))

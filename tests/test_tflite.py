@@ -10,14 +10,13 @@ import os
 import numpy as np
 import pytest
 
-pytest.importorskip("ai_edge_litert")
-
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import ai_edge_litert  # noqa: F401  (a dev extra: make test installs it)
+import keras
+import tensorflow as tf
 
 from export import tflite as T  # noqa: E402
 from keras_clip.model import CLIP  # noqa: E402
-from keras_dalle.presets import dvae_from_preset  # noqa: E402
+from keras_dalle.vae.presets import dvae_from_preset  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ import pytest
 import tensorflow as tf
 
 from keras_dalle.vae import DiscreteVAE, DVAEDecoder, DVAEEncoder, map_pixels, unmap_pixels
-from keras_dalle.vae_import import (dall_e_state_dicts, dvae_from_state_dicts, infer_dvae_config,
-                                    load_openai_dvae, read_state_dict)
+from keras_clip.checkpoints.reader import read_state_dict
+from keras_dalle.vae.openai_import import (dall_e_state_dicts, dvae_from_state_dicts,
+                                           infer_dvae_config, load_openai_dvae)
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "dvae_tiny")
 ENC_NPZ = os.path.join(FIXTURES, "encoder.npz")
@@ -275,7 +276,7 @@ def test_import_reports_override_mismatch_and_conflicts(tmp_path):
 def test_import_rejects_unknown_extension_and_missing_file(tmp_path):
     odd = tmp_path / "weights.h5"
     odd.write_bytes(b"")
-    with pytest.raises(ValueError, match="unsupported dVAE weight file extension '.h5'"):
+    with pytest.raises(ValueError, match=r"dVAE encoder weights .*\.h5: unsupported file extension '\.h5'"):
         load_openai_dvae(str(odd), DEC_NPZ)
     with pytest.raises(FileNotFoundError, match="nope.npz"):
         load_openai_dvae(str(tmp_path / "nope.npz"), DEC_NPZ)

@@ -17,11 +17,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_dalle.presets import PRESETS, dvae_from_preset, get_preset, get_training_preset
+from keras_dalle.vae.presets import PRESETS, dvae_from_preset, get_preset, get_training_preset
 from keras_dalle.vae import (CodebookUsage, DiscreteVAE, VAETrainingSchedule, code_perplexity,
-                             cosine_schedule, gaussian_nll, gumbel_softmax, kl_to_uniform,
-                             logit_laplace_nll, map_pixels, marginal_kl, psnr)
-from keras_dalle.vae_callbacks import (VAEReconstructionCallback, evaluate_reconstruction,
+                             map_pixels, psnr)
+from keras_dalle.vae.losses import (gaussian_nll, gumbel_softmax, kl_to_uniform, logit_laplace_nll,
+                                    marginal_kl)
+from keras_dalle.vae.schedule import cosine_schedule
+from keras_dalle.vae.callbacks import (VAEReconstructionCallback, evaluate_reconstruction,
                                        image_grid)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -363,8 +365,7 @@ def test_presets():
 
 
 def test_train_vae_cli_on_shapes(tmp_path, capsys):
-    pytest.importorskip("keras_clip.data.shapes")
-    from keras_dalle import train_vae
+    from keras_dalle.vae import train as train_vae
 
     out = tmp_path / "models" / "vae.keras"
     logdir = tmp_path / "logs"
@@ -386,7 +387,7 @@ def test_train_vae_cli_on_shapes(tmp_path, capsys):
 
 
 def test_save_model_atomic_cleans_up_on_failure(tmp_path):
-    from keras_dalle.train_vae import save_model_atomic
+    from keras_clip.saving import save_model_atomic
 
     class Broken:
         def save(self, path, overwrite=True):
@@ -450,10 +451,9 @@ def test_loss_includes_weighted_marginal_kl():
 
 def test_file_data_is_decoded_resized_and_split(tmp_path):
     """A TSV of image files (readers): held-out = the first images, training = the rest."""
-    pytest.importorskip("keras_clip.data.readers")
     from PIL import Image
 
-    from keras_dalle.train_vae import heldout_images, vae_dataset
+    from keras_dalle.vae.train import heldout_images, vae_dataset
 
     rows = ["filepath\ttitle"]
     for i in range(5):

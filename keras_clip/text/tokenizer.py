@@ -33,10 +33,9 @@ import regex
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-try:  # The raw op: tf_text.regex_split's wrapper adds ~300 graph ops per call.
-    from tensorflow_text.python.ops.regex_split_ops import gen_regex_split_ops as _regex_split_ops
-except ImportError:  # pragma: no cover - layout of a future TF Text
-    _regex_split_ops = None
+from keras_clip.compat import regex_split_with_offsets_op
+
+_regex_split_ops = regex_split_with_offsets_op()  # None if this TF Text does not expose it
 
 SOT_TOKEN = 49406
 EOT_TOKEN = 49407

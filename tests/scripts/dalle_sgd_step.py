@@ -31,7 +31,7 @@ else:
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_dalle.model import DALLE  # noqa: E402
+from keras_dalle.transformer.model import DALLE  # noqa: E402
 
 rng = np.random.default_rng(0)
 text = rng.integers(1, 64, (8, 8)).astype("int32")

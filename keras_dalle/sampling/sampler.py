@@ -17,12 +17,13 @@ Example:
     >>> tokens = sample_image_tokens(model, text_ids, num_samples=4, seed=0)   # [B, 4, h, w]
 """
 
+import weakref
+
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from keras_clip.layers.attention import dot_product_attention
-from keras_dalle.patterns import pattern_mask
 
 __all__ = ["sample_image_tokens", "filter_logits"]
 
@@ -98,10 +99,8 @@ class _Sampler:
 
     def __init__(self, model):
         self.model = model
-        n, h, w = model.text_len, model.grid_height, model.grid_width
-        self.masks = [
-            tf.constant(pattern_mask(block.attention_kernel.pattern, n, h, w, model.kernel_size))
-            for block in model.blocks]  # one (T, T) bool mask per layer
+        self.masks = [tf.constant(block.attention_kernel.mask())
+                      for block in model.blocks]  # one (T, T) bool mask per layer
         self.compiled = {}  # (use_cache, xla, temperature, top_k, top_p) → tf.function
 
     # --- embeddings ---------------------------------------------------------------------------
@@ -227,7 +226,7 @@ def sample_image_tokens(model, text_token_ids, num_samples=1, temperature=1.0, t
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     text = np.asarray(text_token_ids)
-    text, _ = model._check_inputs({"text_token_ids": text, "image_tokens": np.zeros(
+    text, _ = model.check_inputs({"text_token_ids": text, "image_tokens": np.zeros(
         (len(text), model.num_image_tokens), np.int32)})
     batch = int(text.shape[0])
     if image_prefix_tokens is None:
@@ -243,7 +242,7 @@ def sample_image_tokens(model, text_token_ids, num_samples=1, temperature=1.0, t
     # prompts × samples: sample s of prompt b is row b·num_samples + s
     text = tf.repeat(text, num_samples, axis=0)
     prefix = tf.repeat(tf.constant(prefix), num_samples, axis=0)
-    sampler = _get_sampler(model)
+    sampler = get_sampler(model)
     fn = sampler.run_cached if use_cache else sampler.run_uncached
     key = (use_cache, xla, float(temperature), top_k, top_p)
     compiled = sampler.compiled
@@ -254,9 +253,12 @@ def sample_image_tokens(model, text_token_ids, num_samples=1, temperature=1.0, t
     return tf.reshape(tokens, (batch, num_samples, model.grid_height, model.grid_width)).numpy()
 
 
-def _get_sampler(model):
-    sampler = getattr(model, "_sampler", None)
+_SAMPLERS = weakref.WeakKeyDictionary()  # model → its sampler (and compiled loops)
+
+
+def get_sampler(model):
+    """The sampler of ``model`` (created once per model and kept while the model lives)."""
+    sampler = _SAMPLERS.get(model)
     if sampler is None:
-        sampler = _Sampler(model)
-        model._sampler = sampler
+        sampler = _SAMPLERS[model] = _Sampler(model)
     return sampler

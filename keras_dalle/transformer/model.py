@@ -19,13 +19,13 @@ Stream layout (T = text_len + grid_height·grid_width = n + N positions):
   logits, image positions only image-vocabulary logits (`tie_embeddings=True`: the heads are the
   transposed token-embedding matrices, as in GPT-2/3).
 
-Layer i attends with `PatternAttention(attention_schedule[i], …)` from `keras_dalle.patterns`
+Layer i attends with `PatternAttention(attention_schedule[i], …)` from `keras_dalle.transformer.patterns`
 ("row", "column", "conv" or "full"; default the paper's schedule), in the shared pre-LN
 `ResidualAttentionBlock` (GELU MLP).
 
 Training: `compile(optimizer)` then `fit` on batches of
 `{"text_token_ids": int [B, n], "image_tokens": int [B, h, w] or [B, h·w]}` (see
-`keras_dalle.data.dalle_dataset`). Loss (float32 even under mixed precision): cross-entropy
+`keras_dalle.transformer.data.dalle_dataset`). Loss (float32 even under mixed precision): cross-entropy
 averaged over the text targets and over the image targets separately, then
 `text_loss_weight · text + image_loss_weight · image` (the paper's 1/8 and 7/8).
 """
@@ -36,10 +36,12 @@ import tensorflow as tf
 from keras import ops
 
 from keras_clip.layers.transformer import ResidualAttentionBlock, layer_norm
-from keras_clip.strategy import build_optimizer_slots, replica_logs
-from keras_dalle.dalle_presets import get_dalle_preset
-from keras_dalle.patterns import PatternAttention, default_schedule
-from keras_dalle.vae import _check_positive_int, _is_concrete
+from keras_clip.compat import BuiltInInitModel
+from keras_clip.strategy import replica_logs
+from keras_clip.validation import check_positive_int, is_concrete
+from keras_dalle.sampling.pipeline import generate
+from keras_dalle.transformer.presets import get_dalle_preset
+from keras_dalle.transformer.patterns import PatternAttention, default_schedule
 
 PATTERNS = ("full", "row", "column", "conv")
 ATTENTION_IMPLS = ("sparse", "masked_dense")
@@ -54,7 +56,7 @@ def sparse_cross_entropy(logits, targets):
 
 
 @keras.saving.register_keras_serializable(package="keras_dalle")
-class DALLE(keras.Model):
+class DALLE(BuiltInInitModel, keras.Model):
     """DALL·E's text-to-image transformer (Ramesh et al. 2021).
 
     Args:
@@ -91,16 +93,16 @@ class DALLE(keras.Model):
                  attention_impl="sparse", kernel_size=11, pad_id=0, text_loss_weight=0.125,
                  image_loss_weight=0.875, tie_embeddings=False, **kwargs):
         super().__init__(**kwargs)
-        self.text_len = _check_positive_int("text_len", text_len)
+        self.text_len = check_positive_int("text_len", text_len)
         if self.text_len < 2:
             raise ValueError(f"text_len must be >= 2 (text targets are text[1:]), got {text_len}")
-        self.grid_height = _check_positive_int("grid_height", grid_height)
-        self.grid_width = _check_positive_int("grid_width", grid_width)
-        self.text_vocab_size = _check_positive_int("text_vocab_size", text_vocab_size)
-        self.image_vocab_size = _check_positive_int("image_vocab_size", image_vocab_size)
-        self.width = _check_positive_int("width", width)
-        self.num_layers = _check_positive_int("num_layers", num_layers)
-        self.num_heads = _check_positive_int("num_heads", num_heads)
+        self.grid_height = check_positive_int("grid_height", grid_height)
+        self.grid_width = check_positive_int("grid_width", grid_width)
+        self.text_vocab_size = check_positive_int("text_vocab_size", text_vocab_size)
+        self.image_vocab_size = check_positive_int("image_vocab_size", image_vocab_size)
+        self.width = check_positive_int("width", width)
+        self.num_layers = check_positive_int("num_layers", num_layers)
+        self.num_heads = check_positive_int("num_heads", num_heads)
         if self.width % self.num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
         self.mlp_ratio = float(mlp_ratio)
@@ -116,7 +118,7 @@ class DALLE(keras.Model):
             raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got "
                              f"{attention_impl!r}")
         self.attention_impl = attention_impl
-        self.kernel_size = _check_positive_int("kernel_size", kernel_size)
+        self.kernel_size = check_positive_int("kernel_size", kernel_size)
         self.pad_id = int(pad_id)
         if not 0 <= self.pad_id < self.text_vocab_size:
             raise ValueError(f"pad_id must be in [0, {self.text_vocab_size}), got {pad_id}")
@@ -182,7 +184,7 @@ class DALLE(keras.Model):
 
     @classmethod
     def from_preset(cls, name, **overrides):
-        """A randomly initialised model from a `keras_dalle.dalle_presets` name.
+        """A randomly initialised model from a `keras_dalle.transformer.presets` name.
 
         Example:
             >>> DALLE.from_preset("dalle-shapes", attention_impl="masked_dense")
@@ -209,14 +211,14 @@ class DALLE(keras.Model):
         dtype = keras.backend.standardize_dtype(x.dtype)
         if "int" not in dtype:
             raise ValueError(f"{name} must be integer token ids, got dtype {dtype}")
-        if _is_concrete(x):
+        if is_concrete(x):
             values = np.asarray(x if isinstance(x, (np.ndarray, list, tuple)) else x.numpy())
             if values.size and (values.min() < 0 or values.max() >= vocab):
                 raise ValueError(f"{name} must be in [0, {vocab}), got min {values.min()} max "
                                  f"{values.max()}")
         return ops.cast(ops.convert_to_tensor(x), "int32")
 
-    def _check_inputs(self, inputs):
+    def check_inputs(self, inputs):
         if not isinstance(inputs, dict) or not {"text_token_ids", "image_tokens"} <= set(inputs):
             got = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
             raise ValueError("DALLE expects a dict with keys 'text_token_ids' and "
@@ -275,7 +277,7 @@ class DALLE(keras.Model):
         return ops.cast(text_logits, "float32"), ops.cast(image_logits, "float32")
 
     def call(self, inputs):
-        text, image = self._check_inputs(inputs)
+        text, image = self.check_inputs(inputs)
         text_logits, image_logits = self.logits(text, image)
         return {"text_logits": text_logits, "image_logits": image_logits}
 
@@ -297,14 +299,12 @@ class DALLE(keras.Model):
         stream each step (the reference path). With `vae` the tokens are decoded; with `rerank`
         (a `keras_clip.CLIP`) each prompt's samples are sorted by CLIP score and the best
         `keep` returned. Returns a dict: "image_tokens" [B, S, h, w], and "images",
-        "scores", "order" as available (see `keras_dalle.generate.generate`).
+        "scores", "order" as available (see `keras_dalle.sampling.pipeline.generate`).
 
         Example:
             >>> out = model.generate(["a red circle"], num_samples=8, vae=vae, rerank=clip,
             ...                      keep=2, seed=0)
         """
-        from keras_dalle.generate import generate
-
         return generate(self, prompts, vae=vae, num_samples=num_samples, temperature=temperature,
                         top_k=top_k, top_p=top_p, seed=seed,
                         image_prefix_tokens=image_prefix_tokens, use_cache=use_cache,
@@ -343,8 +343,6 @@ class DALLE(keras.Model):
         if self.optimizer is not None and not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        build_optimizer_slots(self)  # built in __init__; see the function
 
     @property
     def metrics(self):
@@ -352,7 +350,7 @@ class DALLE(keras.Model):
 
     def _unpack(self, data):
         x = data[0] if isinstance(data, (tuple, list)) else data
-        return self._check_inputs(x)
+        return self.check_inputs(x)
 
     def _loss_and_grads(self, text, image):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync

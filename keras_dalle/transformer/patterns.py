@@ -268,6 +268,12 @@ class PatternAttention:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"PatternAttention({args})"
 
+    def mask(self):
+        """This layer's pattern as a bool numpy array (T, T), True where a query (row) may
+        attend to a key (column); T = text_len + grid_height·grid_width."""
+        return pattern_mask(self.pattern, self.text_len, self.grid_height, self.grid_width,
+                            self.kernel_size)
+
     def __call__(self, q, k, v):
         for name, x in (("q", q), ("k", k), ("v", v)):
             if len(x.shape) != 4 or x.shape[2] != self.seq_len:
@@ -277,9 +283,7 @@ class PatternAttention:
                     f"{self.grid_height}*{self.grid_width} = {self.seq_len}, got {tuple(x.shape)}")
         if self.plan is None:
             # "full" is plain causal attention: nothing to skip beyond the causal half.
-            mask = pattern_mask(self.pattern, self.text_len, self.grid_height, self.grid_width,
-                                self.kernel_size)
-            return dot_product_attention(q, k, v, ops.convert_to_tensor(mask))
+            return dot_product_attention(q, k, v, ops.convert_to_tensor(self.mask()))
         return self._sparse(q, k, v)
 
     def _sparse(self, q, k, v):

@@ -23,91 +23,18 @@ import re
 
 import numpy as np
 
-from keras_dalle.vae import DiscreteVAE
+from keras_clip.checkpoints.reader import numpy_state_dict, read_state_dict
+from keras_dalle.vae.model import DiscreteVAE
 
 __all__ = [
     "load_openai_dvae",
     "dvae_from_state_dicts",
-    "read_state_dict",
     "infer_dvae_config",
     "dall_e_state_dicts",
 ]
 
-_TORCH_EXTS = (".pt", ".pth", ".bin")
 _GROUP_RE = re.compile(r"^blocks\.group_(\d+)\.")
 _BLOCK_RE = re.compile(r"^blocks\.group_1\.block_(\d+)\.")
-
-
-def _import_torch(path, why):
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError(f"reading {path} needs torch ({why}); install torch, or convert the "
-                          "weights to .npz / .safetensors") from e
-    return torch
-
-
-def _to_numpy(value, key, path):
-    if hasattr(value, "detach"):  # torch tensor / parameter
-        value = value.detach().cpu()
-        if not value.is_floating_point() or value.dtype.itemsize < 4:
-            value = value.float()
-        value = value.numpy()
-    try:
-        return np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: entry {key!r} is not a numeric array "
-                         f"({type(value).__name__})") from e
-
-
-def _unwrap_state(obj, path):
-    """Returns a flat {key: value} mapping from a module, a state dict, or {'state_dict': …}."""
-    if hasattr(obj, "state_dict") and callable(obj.state_dict):
-        # A whole pickled module: only its parameters are needed, never its forward.
-        return obj.state_dict()
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a dall_e module or a state dict, got "
-                         f"{type(obj).__name__}")
-    return obj
-
-
-def read_state_dict(path):
-    """Reads a dall_e encoder or decoder weight file into {key: float32 numpy array}."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"dVAE weight file not found: {path}")
-    ext = os.path.splitext(path)[1].lower()
-    if ext == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            state = {k: data[k] for k in data.files}
-    elif ext == ".safetensors":
-        from safetensors.numpy import load_file
-
-        state = load_file(path)
-    elif ext == ".pkl":
-        torch = _import_torch(path, "it is a pickled torch module")
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except ModuleNotFoundError as e:
-            raise ImportError(f"reading the pickled module {path} needs the package that "
-                              f"defines its classes ({e.name!r}); for OpenAI's encoder.pkl / "
-                              "decoder.pkl install `dall-e` (pip install dall-e)") from e
-        state = _unwrap_state(obj, path)
-    elif ext in _TORCH_EXTS:
-        torch = _import_torch(path, "it is a torch state dict")
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises UnpicklingError for whole pickled modules
-            raise ValueError(f"{path}: could not read a plain state dict with "
-                             f"torch.load(weights_only=True) ({type(e).__name__}: {e}); if it is "
-                             "a whole pickled module, rename it to .pkl") from e
-        state = _unwrap_state(obj, path)
-    else:
-        raise ValueError(f"{path}: unsupported dVAE weight file extension {ext!r}; expected "
-                         ".pkl, .pt, .pth, .bin, .npz or .safetensors")
-    return {str(k): _to_numpy(v, k, path) for k, v in state.items()}
 
 
 def _shape(state, key, ndim):
@@ -199,10 +126,8 @@ def dvae_from_state_dicts(encoder_state, decoder_state, encoder_source="<encoder
     The configuration is inferred from the tensor shapes; `config_overrides` (e.g. image_size,
     dtype, name) take precedence. Missing, unexpected or mis-shaped keys raise ValueError.
     """
-    encoder_state = {str(k): _to_numpy(v, k, encoder_source)
-                     for k, v in _unwrap_state(encoder_state, encoder_source).items()}
-    decoder_state = {str(k): _to_numpy(v, k, decoder_source)
-                     for k, v in _unwrap_state(decoder_state, decoder_source).items()}
+    encoder_state = numpy_state_dict(encoder_state, encoder_source)
+    decoder_state = numpy_state_dict(decoder_state, decoder_source)
     config = infer_dvae_config(encoder_state, decoder_state, encoder_source, decoder_source)
     config.update(config_overrides)
     vae = DiscreteVAE(**config)
@@ -222,7 +147,8 @@ def load_openai_dvae(encoder_path, decoder_path, **config_overrides):
         vae = load_openai_dvae("enc.safetensors", "dec.safetensors", image_size=128)
     """
     encoder_path, decoder_path = os.fspath(encoder_path), os.fspath(decoder_path)
-    return dvae_from_state_dicts(read_state_dict(encoder_path), read_state_dict(decoder_path),
+    return dvae_from_state_dicts(read_state_dict(encoder_path, "dVAE encoder weights"),
+                                 read_state_dict(decoder_path, "dVAE decoder weights"),
                                  encoder_source=encoder_path, decoder_source=decoder_path,
                                  **config_overrides)
 

@@ -2,7 +2,7 @@
 the prompt asks for? Measured from pixels (`keras_clip.data.shapes.dominant_colour`), before and
 after CLIP reranking.
 
-    python -m keras_dalle.fidelity --model runs/demo/dalle.keras --vae runs/demo/dvae.keras \\
+    python -m keras_dalle.sampling.fidelity --model runs/demo/dalle.keras --vae runs/demo/dvae.keras \\
         --clip runs/demo/clip.keras --num-prompts 10 --num-samples 16
 
 Prompts are single-object captions of a shapes split ("heldout" by default: colour–shape pairs
@@ -19,8 +19,12 @@ import argparse
 import numpy as np
 
 from keras_clip.data.shapes import COLOURS, dominant_colour, generate_shapes
-from keras_dalle.generate import _load, generate
-from keras_dalle.rerank import rerank_samples
+from keras_clip.model import CLIP
+from keras_clip.saving import load_model
+from keras_dalle.sampling.pipeline import generate
+from keras_dalle.sampling.rerank import rerank_samples
+from keras_dalle.transformer.model import DALLE
+from keras_dalle.vae.model import DiscreteVAE
 
 __all__ = ["prompt_fidelity", "fidelity_prompts"]
 
@@ -74,8 +78,8 @@ def main(argv=None):
     p.add_argument("--split", default="heldout", choices=["train", "val", "heldout"])
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    model, vae = _load(args.model, "DALLE"), _load(args.vae, "dVAE")
-    clip = _load(args.clip, "CLIP") if args.clip else None
+    model, vae = load_model(args.model, DALLE), load_model(args.vae, DiscreteVAE)
+    clip = load_model(args.clip, CLIP) if args.clip else None
     r = prompt_fidelity(model, vae, clip, args.num_prompts, args.num_samples, args.keep,
                         args.split, args.seed)
     print(f"{len(r['prompts'])} {args.split} prompts × {args.num_samples} samples; dominant "

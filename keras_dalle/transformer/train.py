@@ -1,6 +1,6 @@
 """Train the DALL·E transformer with `model.fit` on captions + frozen-dVAE image tokens.
 
-    python -m keras_dalle.train --data shapes --vae runs/demo/dvae.keras --preset dalle-shapes \
+    python -m keras_dalle.transformer.train --data shapes --vae runs/demo/dvae.keras --preset dalle-shapes \
         --logdir runs/dalle --output runs/dalle/dalle.keras
 
 (the defaults: 4 epochs × 20 steps of batch 16, lr 1e-3, 4,000 training and 300 held-out shapes
@@ -33,13 +33,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_clip.saving import save_model_atomic
+from keras_clip.saving import load_model, save_model_atomic
 from keras_clip.strategy import STRATEGIES, make_strategy
 from keras_clip.text.tokenizer import VOCAB_SIZE
-from keras_dalle.callbacks import SampleGrid, TokensPerSecond
-from keras_dalle import vae as _vae  # noqa: F401  (registers DiscreteVAE for load_model)
-from keras_dalle.dalle_presets import DALLE_PRESETS
-from keras_dalle.data import (dalle_dataset, encode_token_arrays, token_dataset,
+from keras_dalle.transformer.callbacks import SampleGrid, TokensPerSecond
+from keras_dalle.vae.model import DiscreteVAE
+from keras_dalle.transformer.presets import DALLE_PRESETS
+from keras_dalle.transformer.data import (dalle_dataset, encode_token_arrays, token_dataset,
                               unigram_cross_entropy, unigram_entropy)
 
 __all__ = ["train_dalle", "heldout_image_loss", "main"]
@@ -88,11 +88,11 @@ def train_dalle(vae, data="shapes", preset="dalle-shapes", epochs=4, steps_per_e
     Example:
         >>> result = train_dalle("dvae.keras", preset="dalle-shapes", epochs=1, steps_per_epoch=5)
     """
-    from keras_dalle.model import DALLE
+    from keras_dalle.transformer.model import DALLE
 
     strategy = make_strategy(strategy, cpu_replicas)  # first: it may configure devices
     if isinstance(vae, (str, os.PathLike)):  # before the policy: the dVAE stays float32
-        vae = keras.saving.load_model(vae, compile=False)
+        vae = load_model(vae, DiscreteVAE)
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     keras.utils.set_random_seed(seed)
@@ -158,7 +158,7 @@ def train_dalle(vae, data="shapes", preset="dalle-shapes", epochs=4, steps_per_e
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="python -m keras_dalle.train", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m keras_dalle.transformer.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="shapes",
                    help='"shapes" or image–caption shards (.tfrecord, .tar, .tsv; glob or range)')

@@ -13,12 +13,13 @@ Example:
 """
 
 import os
+import weakref
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_dalle.vae import map_pixels, unmap_pixels
+from keras_dalle.vae.losses import map_pixels, unmap_pixels
 
 __all__ = ["as_unit_images", "evaluate_reconstruction", "image_grid", "VAEReconstructionCallback"]
 
@@ -49,9 +50,12 @@ def _batches(images, batch_size):
         yield as_unit_images(images[start:start + batch_size])
 
 
+_RECONSTRUCT_FNS = weakref.WeakKeyDictionary()  # dVAE → its compiled reconstruction
+
+
 def _reconstruct_fn(vae):
     """A cached tf.function: images → (argmax tokens, unmap(sigmoid(μ)) reconstructions)."""
-    fn = getattr(vae, "_keras_dalle_reconstruct_fn", None)
+    fn = _RECONSTRUCT_FNS.get(vae)
     if fn is None:
         vae.build()  # idempotent
 
@@ -64,7 +68,7 @@ def _reconstruct_fn(vae):
             mu = tf.cast(maps[..., :vae.num_channels], tf.float32)
             return tokens, unmap_pixels(tf.sigmoid(mu))
 
-        vae._keras_dalle_reconstruct_fn = fn
+        _RECONSTRUCT_FNS[vae] = fn
     return fn
 
 

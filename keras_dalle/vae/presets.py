@@ -1,5 +1,5 @@
 """dVAE presets: name → `DiscreteVAE` constructor arguments (plain dicts), plus the training
-hyper-parameters that go with each (`TRAINING_PRESETS`, used by `keras_dalle.train_vae`).
+hyper-parameters that go with each (`TRAINING_PRESETS`, used by `keras_dalle.vae.train`).
 
 * "openai": OpenAI's released dVAE (Ramesh et al. 2021): 256×256 → 32×32 tokens, K = 8192,
   n_hid 256, 4 groups × 2 blocks, n_init 128 (53,786,240 + 43,829,766 parameters), with the
@@ -20,7 +20,7 @@ hyper-parameters that go with each (`TRAINING_PRESETS`, used by `keras_dalle.tra
       the KL term gets extra weight (`marginal_kl_weight` 150), which keeps q spread early.
   β is the paper's 6.6 scaled by tokens per pixel (48 values per token here, 192 in the paper:
   6.6 · 48 / 192 = 1.65), warmed up over 100 updates; τ 1 → 1/16 over the whole run.
-  Measured (`python -m keras_dalle.train_vae --data shapes --preset dvae-shapes --logdir ...`,
+  Measured (`python -m keras_dalle.vae.train --data shapes --preset dvae-shapes --logdir ...`,
   seed 0, 1,100 updates): held-out PSNR 25.8 dB of the argmax-token reconstructions and 59.4%
   of the codes used (304 / 512) over the 1,000 "heldout" images; fit 289 s including the
   per-epoch held-out callback, 5 min 7 s for the whole command, with the 2 cores shared
@@ -32,9 +32,9 @@ Example:
     vae.compile(optimizer=keras.optimizers.AdamW(**TRAINING_PRESETS["dvae-shapes"]["optimizer"]))
 """
 
-import copy
-
-from keras_dalle.vae import DiscreteVAE, VAETrainingSchedule
+from keras_clip.validation import lookup_preset
+from keras_dalle.vae.model import DiscreteVAE
+from keras_dalle.vae.schedule import VAETrainingSchedule
 
 __all__ = ["PRESETS", "TRAINING_PRESETS", "get_preset", "get_training_preset",
            "dvae_from_preset"]
@@ -77,12 +77,6 @@ TRAINING_PRESETS = {
                       epochs=1),
 }
 
-
-def lookup_preset(table, name, kind):
-    """A (deep) copy of ``table[name]``; ValueError naming the ``kind`` presets there are."""
-    if name not in table:
-        raise ValueError(f"Unknown {kind} preset {name!r}. Available presets: {', '.join(table)}")
-    return copy.deepcopy(table[name])
 
 
 def get_preset(name):

@@ -1,4 +1,4 @@
-"""DALL·E transformer presets: name → `keras_dalle.model.DALLE` constructor arguments (plain
+"""DALL·E transformer presets: name → `keras_dalle.transformer.model.DALLE` constructor arguments (plain
 dicts), and `dalle_param_count(config)`, the parameter count of a config without building it.
 
 * "dalle-12b": the paper's transformer (Ramesh et al. 2021, appendix B.1): 64 layers, 62 heads of
@@ -14,17 +14,17 @@ dicts), and `dalle_param_count(config)`, the parameter count of a config without
   (measured over the 20k "train" and the "heldout" captions), so 16 text positions hold every
   caption (64 would cost 4× the 49408-way text head for pads only); width 128, 4 layers
   (row, column, row, conv), 4 heads, a 5×5 conv window (13.6M parameters, 12.7M of them the
-  text embedding and head). `python -m keras_dalle.train` with its defaults (80 steps of 16):
+  text embedding and head). `python -m keras_dalle.transformer.train` with its defaults (80 steps of 16):
   held-out image-token cross-entropy 1.89 nats vs the unigram baseline's 4.08, in ~5.5 min.
 * "dalle-tiny": for tests (8 text tokens, 4×4 grid, width 32, 3 layers, small vocabularies).
 
 Example:
-    >>> from keras_dalle.dalle_presets import dalle_param_count, get_dalle_preset
+    >>> from keras_dalle.transformer.presets import dalle_param_count, get_dalle_preset
     >>> dalle_param_count(get_dalle_preset("dalle-12b"))
     12195294848
 """
 
-from keras_dalle.presets import lookup_preset
+from keras_clip.validation import lookup_preset
 
 __all__ = ["DALLE_PRESETS", "get_dalle_preset", "dalle_param_count"]
 

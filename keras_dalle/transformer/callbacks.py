@@ -63,7 +63,7 @@ class SampleGrid(keras.callbacks.Callback):
         import numpy as np
         import tensorflow as tf
 
-        from keras_dalle.generate import generate
+        from keras_dalle.sampling.pipeline import generate
 
         images = generate(self.model, self.prompts, vae=self.vae, num_samples=self.num_samples,
                           seed=self.seed, temperature=self.temperature)["images"]

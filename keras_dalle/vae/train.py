@@ -1,10 +1,10 @@
 """Train a DALL·E discrete VAE with `model.fit` (recipe and options: `keras_dalle.vae`).
 
-    python -m keras_dalle.train_vae --data shapes --preset dvae-shapes --epochs 5 \\
+    python -m keras_dalle.vae.train --data shapes --preset dvae-shapes --epochs 5 \\
         --batch-size 8 --steps-per-epoch 220 --logdir logs/dvae --out dvae-shapes.keras
 
 (those are the preset's defaults: ~5 minutes on 2 CPU cores, held-out PSNR 25.8 dB, 59% of
-the 512 codes used; see `keras_dalle.presets`). At the end it prints the held-out PSNR of the
+the 512 codes used; see `keras_dalle.vae.presets`). At the end it prints the held-out PSNR of the
 argmax-token reconstructions and the codebook usage.
 
 `--data shapes` trains on the built-in shapes images (`keras_clip.data.shapes`, "train" split;
@@ -26,9 +26,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_clip.saving import save_model_atomic
-from keras_dalle.presets import PRESETS, dvae_from_preset, get_training_preset
-from keras_dalle.vae import DiscreteVAE
-from keras_dalle.vae_callbacks import (VAEReconstructionCallback, as_unit_images,
+from keras_dalle.vae.presets import PRESETS, dvae_from_preset, get_training_preset
+from keras_dalle.vae.model import DiscreteVAE
+from keras_dalle.vae.callbacks import (VAEReconstructionCallback, as_unit_images,
                                        evaluate_reconstruction)
 
 __all__ = ["train_vae", "vae_dataset", "heldout_images", "save_model_atomic", "main"]
@@ -112,7 +112,7 @@ def train_vae(data="shapes", preset="dvae-shapes", epochs=None, batch_size=None,
 
     Args:
         data: "shapes" or a shard path / glob (see `vae_dataset`).
-        preset: a `keras_dalle.presets` name; its `TRAINING_PRESETS` entry supplies the
+        preset: a `keras_dalle.vae.presets` name; its `TRAINING_PRESETS` entry supplies the
             defaults for `epochs`, `batch_size`, `steps_per_epoch` and the optimizer.
         learning_rate: peak learning rate (AdamW, cosine decay over the whole run to
             `final_learning_rate_fraction` of it).
@@ -190,7 +190,7 @@ def train_vae(data="shapes", preset="dvae-shapes", epochs=None, batch_size=None,
 
 def _parser():
     p = argparse.ArgumentParser(
-        prog="python -m keras_dalle.train_vae",
+        prog="python -m keras_dalle.vae.train",
         description="Train a DALL·E discrete VAE (gumbel-softmax, logit-Laplace, KL to the "
                     "uniform prior) with model.fit.")
     p.add_argument("--data", default="shapes",

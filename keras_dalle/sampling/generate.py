@@ -1,13 +1,11 @@
 """Generate images from text with a trained DALL·E, its dVAE and (optionally) CLIP reranking.
 
-    python -m keras_dalle.generate "a red circle above a blue square" --model dalle.keras \\
+    python -m keras_dalle.sampling.generate "a red circle above a blue square" --model dalle.keras \\
         --vae dvae.keras [--clip clip.keras --keep 4] --num-samples 16 --out grid.png
 
 writes a PNG grid: one row per prompt, its samples best-first with their CLIP scores.
 
-Example (Python):
-    >>> out = generate(dalle, ["a red circle"], vae=vae, num_samples=16, rerank=clip, keep=4)
-    >>> out["images"].shape, out["scores"].shape      # (1, 4, 64, 64, 3), (1, 4)
+The library function is `keras_dalle.sampling.pipeline.generate` (also `DALLE.generate`).
 """
 
 import argparse
@@ -16,57 +14,13 @@ import tempfile
 
 import numpy as np
 
-from keras_clip.text.tokenizer import tokenize
-from keras_dalle.rerank import rerank_samples
-from keras_dalle.sampling import sample_image_tokens
+from keras_clip.model import CLIP
+from keras_clip.saving import load_model
+from keras_dalle.sampling.pipeline import generate
+from keras_dalle.transformer.model import DALLE
+from keras_dalle.vae.model import DiscreteVAE
 
-__all__ = ["generate", "image_grid", "save_grid"]
-
-
-def generate(model, prompts, vae=None, num_samples=1, temperature=1.0, top_k=None, top_p=None,
-             seed=0, image_prefix_tokens=None, use_cache=True, rerank=None, keep=None):
-    """Sample images for prompts; see `keras_dalle.DALLE.generate`.
-
-    Args:
-        prompts: strings (tokenized with the CLIP BPE to ``model.text_len``) or int token ids
-            [B, text_len].
-        vae: a `DiscreteVAE` to decode the tokens into images (needed for reranking).
-        rerank: a `keras_clip.CLIP`; with it the samples of each prompt are sorted by CLIP score
-            and the best ``keep`` (default all) are returned.
-
-    Returns:
-        dict with "image_tokens" int32 [B, S, h, w], "images" float32 [B, S, H, W, 3] in [0, 1]
-        (with a vae), and with rerank "scores" [B, S] and "order" [B, S] (indices into the
-        original samples, best first); S = keep when reranking, else num_samples.
-    """
-    texts = None
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if len(prompts) and isinstance(prompts[0], str):
-        texts = list(prompts)
-        ids = tokenize(texts, context_length=model.text_len, truncate=True)
-    else:
-        ids = np.asarray(prompts)
-    tokens = sample_image_tokens(model, ids, num_samples=num_samples, temperature=temperature,
-                                 top_k=top_k, top_p=top_p, seed=seed,
-                                 image_prefix_tokens=image_prefix_tokens, use_cache=use_cache)
-    out = {"image_tokens": tokens}
-    if vae is not None:
-        b, s, h, w = tokens.shape
-        images = np.asarray(vae.decode(tokens.reshape(b * s, h, w)))
-        out["images"] = images.reshape((b, s) + images.shape[1:])
-    if rerank is not None:
-        if vae is None:
-            raise ValueError("reranking with CLIP needs images: pass vae= as well")
-        if texts is None:
-            raise ValueError("reranking with CLIP needs the prompts as strings, not token ids")
-        order, scores = rerank_samples(rerank, out["images"], texts, keep or num_samples)
-        out["order"], out["scores"] = order, scores
-        out["image_tokens"] = np.take_along_axis(tokens, order[:, :, None, None], axis=1)
-        out["images"] = np.take_along_axis(out["images"], order[:, :, None, None, None], axis=1)
-    elif keep is not None:
-        raise ValueError("keep= selects the best samples by CLIP score: pass rerank=clip_model")
-    return out
+__all__ = ["image_grid", "save_grid"]
 
 
 def image_grid(images, labels=None, scores=None, scale=2, pad=4):
@@ -108,17 +62,6 @@ def save_grid(path, images, labels=None, scores=None, **kwargs):
     return path
 
 
-def _load(path, what):
-    import keras
-
-    import keras_clip.model  # noqa: F401  (registers the classes)
-    import keras_dalle.model  # noqa: F401
-    import keras_dalle.vae  # noqa: F401
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{what} model file not found: {path}")
-    return keras.saving.load_model(path, compile=False)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("prompts", nargs="+")
@@ -133,8 +76,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="grid.png")
     args = p.parse_args(argv)
-    model, vae = _load(args.model, "DALLE"), _load(args.vae, "dVAE")
-    clip = _load(args.clip, "CLIP") if args.clip else None
+    model, vae = load_model(args.model, DALLE), load_model(args.vae, DiscreteVAE)
+    clip = load_model(args.clip, CLIP) if args.clip else None
     if args.keep is not None and clip is None:
         p.error("--keep needs --clip (samples are kept by CLIP score)")
     out = generate(model, args.prompts, vae=vae, num_samples=args.num_samples,

@@ -1,0 +1,207 @@
+"""OpenAI / open_clip CLIP checkpoints ↔ ``keras_clip.CLIP``: the state-dict key map, the
+architecture read from tensor shapes, and `load_pretrained`.
+
+Reads OpenAI TorchScript ``.pt`` archives (needs torch), open_clip state dicts (``.bin``/``.pt``/
+``.pth`` through ``torch.load(weights_only=True)``), and ``.safetensors`` / ``.npz`` without
+torch (all through `keras_clip.checkpoints.reader`). The architecture is inferred from tensor
+shapes unless a preset is given.
+"""
+
+import re
+
+import numpy as np
+
+from keras_clip.checkpoints.reader import numpy_state_dict, read_state_dict
+from keras_clip.model import CLIP
+from keras_clip.presets import get_preset
+
+__all__ = ["infer_config", "load_pretrained", "load_state_dict", "weight_map"]
+
+# Keys in reference checkpoints that carry no weights of ours.
+_IGNORED = re.compile(r"(^|\.)num_batches_tracked$|^(input_resolution|context_length|vocab_size)$"
+                      r"|(^|\.)attn_mask$")
+
+
+# --- tensor layout converters: torch array -> list of Keras arrays (one per variable) -----------
+def _same(a):
+    return [a]
+
+
+def _linear(a):  # (out, in) -> (in, out)
+    return [a.T]
+
+
+def _conv(a):  # OIHW -> HWIO
+    return [a.transpose(2, 3, 1, 0)]
+
+
+def _split3_linear(a):  # in_proj_weight [Wq; Wk; Wv] (3w, w) -> three (w, w) kernels
+    return [w.T for w in np.split(a, 3, axis=0)]
+
+
+def _split3(a):  # in_proj_bias (3w,) -> three (w,)
+    return list(np.split(a, 3, axis=0))
+
+
+_TORCH_SHAPE = {
+    _same: lambda s: s[0],
+    _linear: lambda s: s[0][::-1],
+    _conv: lambda s: (s[0][3], s[0][2], s[0][0], s[0][1]),
+    _split3_linear: lambda s: (3 * s[0][1], s[0][0]),
+    _split3: lambda s: (3 * s[0][0],),
+}
+
+
+def _dense(prefix, layer, out):
+    out[prefix + ".weight"] = ([layer.kernel], _linear)
+    out[prefix + ".bias"] = ([layer.bias], _same)
+
+
+def _norm(prefix, layer, out):
+    out[prefix + ".weight"] = ([layer.gamma], _same)
+    out[prefix + ".bias"] = ([layer.beta], _same)
+
+
+def _bn(prefix, layer, out):
+    _norm(prefix, layer, out)
+    out[prefix + ".running_mean"] = ([layer.moving_mean], _same)
+    out[prefix + ".running_var"] = ([layer.moving_variance], _same)
+
+
+def _transformer(prefix, transformer, out):
+    for i, block in enumerate(transformer.resblocks):
+        p = f"{prefix}.resblocks.{i}"
+        a = block.attn
+        out[p + ".attn.in_proj_weight"] = ([a.query.kernel, a.key.kernel, a.value.kernel], _split3_linear)
+        out[p + ".attn.in_proj_bias"] = ([a.query.bias, a.key.bias, a.value.bias], _split3)
+        _dense(p + ".attn.out_proj", a.out, out)
+        _norm(p + ".ln_1", block.ln_1, out)
+        _norm(p + ".ln_2", block.ln_2, out)
+        _dense(p + ".mlp.c_fc", block.c_fc, out)
+        _dense(p + ".mlp.c_proj", block.c_proj, out)
+
+
+def weight_map(model):
+    """Reference state-dict key → (Keras variables, converter) for every weight of ``model``."""
+    if model.text_encoder != "transformer":
+        raise ValueError("Only CLIP models with the transformer text tower have reference "
+                         f"checkpoints; this model uses text_encoder={model.text_encoder!r}")
+    out = {"logit_scale": ([model.logit_scale], _same)}
+    v = model.visual
+    if model.vision_patch_size is not None:
+        out["visual.conv1.weight"] = ([v.conv1.kernel], _conv)
+        for name in ("class_embedding", "positional_embedding", "proj"):
+            out[f"visual.{name}"] = ([getattr(v, name)], _same)
+        _norm("visual.ln_pre", v.ln_pre, out)
+        _norm("visual.ln_post", v.ln_post, out)
+        _transformer("visual.transformer", v.transformer, out)
+    else:
+        for i, (conv, bn) in enumerate(zip(v.stem_convs, v.stem_bns), start=1):
+            out[f"visual.conv{i}.weight"] = ([conv.kernel], _conv)
+            _bn(f"visual.bn{i}", bn, out)
+        for block in v.blocks:
+            stage, index = block.name[len("layer"):].split("_")
+            p = f"visual.layer{stage}.{index}"
+            for i in (1, 2, 3):
+                out[f"{p}.conv{i}.weight"] = ([getattr(block, f"conv{i}").kernel], _conv)
+                _bn(f"{p}.bn{i}", getattr(block, f"bn{i}"), out)
+            if block.has_downsample:
+                out[f"{p}.downsample.0.weight"] = ([block.downsample_conv.kernel], _conv)
+                _bn(f"{p}.downsample.1", block.downsample_bn, out)
+        a = v.attnpool.attn
+        out["visual.attnpool.positional_embedding"] = ([v.attnpool.positional_embedding], _same)
+        for torch_name, layer in (("q_proj", a.query), ("k_proj", a.key), ("v_proj", a.value),
+                                  ("c_proj", a.out)):
+            _dense(f"visual.attnpool.{torch_name}", layer, out)
+    t = model.text
+    out["token_embedding.weight"] = ([t.token_embedding.embeddings], _same)
+    out["positional_embedding"] = ([t.positional_embedding], _same)
+    out["text_projection"] = ([t.text_projection], _same)
+    _norm("ln_final", t.ln_final, out)
+    _transformer("transformer", t.transformer, out)
+    return out
+
+
+def infer_config(state_dict):
+    """CLIP constructor arguments from the shapes of a reference state dict."""
+    sd = state_dict
+    required = ["text_projection", "positional_embedding", "token_embedding.weight", "ln_final.weight"]
+    missing = [k for k in required if k not in sd]
+    if missing:
+        raise ValueError(f"Not a CLIP state dict: missing keys {missing}")
+
+    def count(pattern):
+        return len({m.group(1) for k in sd for m in [re.match(pattern, k)] if m})
+
+    text_width = sd["ln_final.weight"].shape[0]
+    config = dict(
+        embed_dim=sd["text_projection"].shape[1],
+        context_length=sd["positional_embedding"].shape[0],
+        vocab_size=sd["token_embedding.weight"].shape[0],
+        text_width=text_width, text_heads=text_width // 64,
+        text_layers=count(r"transformer\.resblocks\.(\d+)\."),
+    )
+    if "visual.proj" in sd:
+        width, _, patch, _ = sd["visual.conv1.weight"].shape
+        grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+        config.update(vision_width=width, vision_patch_size=patch, image_size=patch * grid,
+                      vision_layers=count(r"visual\.transformer\.resblocks\.(\d+)\."))
+    elif "visual.attnpool.positional_embedding" in sd:
+        grid = round((sd["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+        config.update(vision_width=sd["visual.layer1.0.conv1.weight"].shape[0], vision_patch_size=None,
+                      image_size=grid * 32,
+                      vision_layers=[count(rf"visual\.layer{b}\.(\d+)\.") for b in (1, 2, 3, 4)])
+    else:
+        raise ValueError("Not a CLIP state dict: no 'visual.proj' (ViT) or "
+                         "'visual.attnpool.positional_embedding' (ResNet) key")
+    return config
+
+
+def load_state_dict(model, state_dict, source="state dict"):
+    """Assign a reference state dict to ``model``; ValueError listing every bad key."""
+    mapping = weight_map(model)
+    keys = {k for k in state_dict if not _IGNORED.search(k)}
+    missing = sorted(set(mapping) - keys)
+    unexpected = sorted(keys - set(mapping))
+    mismatched, updates = [], []
+    for key in sorted(set(mapping) & keys):
+        variables, convert = mapping[key]
+        expected = tuple(_TORCH_SHAPE[convert]([tuple(v.shape) for v in variables]))
+        got = tuple(state_dict[key].shape)
+        if got != expected:
+            mismatched.append(f"{key}: expected {expected}, got {got}")
+            continue
+        updates.extend(zip(variables, convert(state_dict[key])))
+    if missing or unexpected or mismatched:
+        lines = [f"Checkpoint {source} does not match the model:"]
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                             ("mis-shaped keys", mismatched)):
+            if items:
+                lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20])
+                             + (" ..." if len(items) > 20 else ""))
+        raise ValueError("\n".join(lines))
+    for variable, value in updates:
+        variable.assign(value.astype(variable.dtype))
+    return model
+
+
+def load_pretrained(path_or_state_dict, preset=None, **overrides):
+    """Build a ``CLIP`` from an OpenAI / open_clip checkpoint (path or state dict).
+
+    With ``preset=None`` the architecture is inferred from the tensor shapes (heads = width/64,
+    as OpenAI's models have; pass ``text_heads=...`` etc. to override, and
+    ``activation="gelu"`` for open_clip models trained without QuickGELU).
+
+    Example:
+        >>> model = load_pretrained("ViT-B-32.pt")
+        >>> model = load_pretrained("open_clip_model.safetensors", preset="ViT-B-32")
+    """
+    if isinstance(path_or_state_dict, dict):
+        sd, source = numpy_state_dict(path_or_state_dict), "state dict"
+    else:
+        source = str(path_or_state_dict)
+        sd = read_state_dict(path_or_state_dict, "CLIP checkpoint")
+    config = get_preset(preset) if preset else infer_config(sd)
+    config.update(overrides)
+    model = CLIP(**config)
+    return load_state_dict(model, sd, source)

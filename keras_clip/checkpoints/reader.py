@@ -1,0 +1,148 @@
+"""One reader for every checkpoint file: ``.safetensors``, ``.npz``, torch state dicts
+(``.bin`` / ``.pt`` / ``.pth``), OpenAI's TorchScript archives and pickled torch modules
+(``.pkl``, e.g. OpenAI's dVAE ``encoder.pkl``).
+
+Every reader returns ``{key: float32 numpy array}`` after the same unwrapping rule
+(`unwrap_state_dict`): a ``{"state_dict": ...}`` (or ``{"model": ...}``) container is opened and a
+wrapper prefix that every key shares (``module.`` from DistributedDataParallel, ``_orig_mod.``
+from ``torch.compile``) is removed. torch is needed only for torch files.
+
+Example:
+    >>> state = read_state_dict("open_clip_model.safetensors")   # {"visual.proj": array, ...}
+"""
+
+import os
+
+import numpy as np
+
+__all__ = ["read_state_dict", "numpy_state_dict", "unwrap_state_dict", "WRAPPER_PREFIXES"]
+
+# Prefixes that training wrappers put before every key (DDP, torch.compile).
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Containers that hold the state dict one level down (open_clip / Lightning checkpoints).
+_CONTAINER_KEYS = ("state_dict", "model")
+
+_TORCH_EXTS = (".pt", ".pth", ".bin")
+
+
+def read_state_dict(path, what="checkpoint"):
+    """Reads a checkpoint file into ``{key: float32 np.ndarray}``.
+
+    Args:
+        path: ``.safetensors``, ``.npz``, ``.bin`` / ``.pt`` / ``.pth`` (a torch state dict, or an
+            OpenAI TorchScript archive), or ``.pkl`` (a whole pickled torch module; needs the
+            package that defines its classes, e.g. ``dall-e``).
+        what: what the file should hold, for error messages (e.g. "CLIP checkpoint").
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ImportError: a torch file and no torch installed (or the pickled module's package).
+        ValueError: an unknown extension, an unreadable file, or one that holds no arrays; the
+            message names the file.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".safetensors", ".npz", ".pkl") + _TORCH_EXTS:
+        raise ValueError(f"{what} {path}: unsupported file extension {ext!r}; expected "
+                         ".safetensors, .npz, .bin, .pt, .pth or .pkl")
+    try:
+        if ext == ".safetensors":
+            from safetensors.numpy import load_file
+            state = load_file(path)
+        elif ext == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                state = {k: data[k] for k in data.files}
+        elif ext == ".pkl":
+            state = _read_pickled_module(path)
+        else:
+            state = _read_torch(path)
+    except (ImportError, FileNotFoundError):
+        raise
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(f"Could not read {what} {path}: {type(e).__name__}: {e}") from e
+    state = numpy_state_dict(state, path)
+    if not state:
+        raise ValueError(f"{what} {path} holds no tensors")
+    return state
+
+
+def numpy_state_dict(obj, source="state dict"):
+    """``unwrap_state_dict(obj)`` with every value as a float32 numpy array (torch tensors and
+    numpy arrays alike); ValueError naming ``source`` and the key of a non-numeric entry."""
+    return {str(k): _to_numpy(v, k, source) for k, v in unwrap_state_dict(obj, source).items()}
+
+
+def unwrap_state_dict(obj, source="state dict"):
+    """The flat ``{key: array}`` inside ``obj``: opens ``{"state_dict": ...}`` / ``{"model":
+    ...}`` containers and a module's ``state_dict()``, and strips a wrapper prefix shared by
+    every key (``module.``, ``_orig_mod.``, repeatedly: ``module._orig_mod.``)."""
+    if hasattr(obj, "state_dict") and callable(obj.state_dict):
+        obj = obj.state_dict()  # a whole module: only its parameters are needed
+    while isinstance(obj, dict):
+        inner = [k for k in _CONTAINER_KEYS if isinstance(obj.get(k), dict)]
+        if not inner or any(_is_array(v) for v in obj.values()):
+            break
+        obj = obj[inner[0]]
+    if not isinstance(obj, dict):
+        raise ValueError(f"{source}: expected a state dict (a mapping of names to arrays), got "
+                         f"{type(obj).__name__}")
+    changed = True
+    while changed and obj:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(str(k).startswith(prefix) for k in obj):
+                obj = {str(k)[len(prefix):]: v for k, v in obj.items()}
+                changed = True
+    return obj
+
+
+def _is_array(value):
+    return hasattr(value, "shape") and hasattr(value, "dtype")
+
+
+def _import_torch(path, why):
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(f"reading {path} needs torch ({why}); install torch, or convert the "
+                          "weights to .npz / .safetensors, which load without it") from e
+    return torch
+
+
+def _read_torch(path):
+    torch = _import_torch(path, "it is a torch checkpoint")
+    try:  # OpenAI's released CLIP .pt files are TorchScript archives.
+        return torch.jit.load(path, map_location="cpu").state_dict()
+    except RuntimeError:
+        pass
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError for whole pickled modules
+        raise ValueError(f"not a plain state dict for torch.load(weights_only=True) "
+                         f"({type(e).__name__}: {e}); if it is a whole pickled module, rename it "
+                         ".pkl") from e
+
+
+def _read_pickled_module(path):
+    torch = _import_torch(path, "it is a pickled torch module")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except ModuleNotFoundError as e:
+        raise ImportError(f"reading the pickled module {path} needs the package that defines its "
+                          f"classes ({e.name!r}); for OpenAI's encoder.pkl / decoder.pkl install "
+                          "`dall-e` (pip install dall-e)") from e
+
+
+def _to_numpy(value, key, path):
+    if hasattr(value, "detach"):  # torch tensor / parameter
+        value = value.detach().cpu()
+        if not value.is_floating_point() or value.dtype.itemsize < 4:
+            value = value.float()
+        value = value.numpy()
+    try:
+        return np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: entry {key!r} is not a numeric array "
+                         f"({type(value).__name__})") from e
