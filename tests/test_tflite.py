@@ -246,7 +246,7 @@ def test_cli_bad_arguments(dvae_file, tmp_path, capsys):
     assert "part 'image' needs a keras_clip CLIP model, but the model is a DiscreteVAE" in \
         capsys.readouterr().err
     assert T.main([str(tmp_path / "missing.keras"), "--part", "image", "--out", out]) == 2
-    assert "model file not found" in capsys.readouterr().err
+    assert "CLIP or DiscreteVAE file not found" in capsys.readouterr().err
     assert not os.path.exists(out)
 
 
