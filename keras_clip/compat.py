@@ -30,6 +30,20 @@ def build_optimizer_slots(model):
             model.optimizer.build(model.trainable_variables)
 
 
+def weight_decay_excluded(optimizer, variables):
+    """The ``variables`` that ``optimizer`` trains without weight decay ([] if it has none).
+
+    Calls ``optimizer._use_weight_decay(variable)`` (keras/src/optimizers/base_optimizer.py).
+    ``exclude_from_weight_decay(var_list=...)`` keeps the exclusions by ``id(variable)`` and
+    leaves them out of the optimizer's config, so a saved model would lose them; CLIP records
+    them in its compile config, and this method is the only way to read them back.
+    """
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
+    if optimizer is None or not getattr(optimizer, "weight_decay", None):
+        return []
+    return [v for v in variables if not optimizer._use_weight_decay(v)]
+
+
 def in_multi_worker_mode(strategy):
     """True for a MultiWorkerMirroredStrategy that spans more than one worker.
 

@@ -10,7 +10,7 @@ from keras import ops
 from keras_clip.loss import contrastive_loss
 from keras_clip.preprocessing import OPENAI_MEAN, OPENAI_STD
 from keras_clip.presets import get_preset
-from keras_clip.compat import BuiltInInitModel
+from keras_clip.compat import BuiltInInitModel, build_optimizer_slots, weight_decay_excluded
 from keras_clip.strategy import replica_logs
 from keras_clip.text.cbow import CBOWTextEncoder
 from keras_clip.text.transformer import TextTransformer
@@ -19,6 +19,11 @@ from keras_clip.vision.vit import VisionTransformer
 
 
 MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def _relative_path(variable):
+    """A variable's path without the model's name (``clip/visual/proj`` → ``visual/proj``)."""
+    return variable.path.split("/", 1)[-1]
 
 
 def l2_normalize(x, axis=-1):
@@ -211,6 +216,29 @@ class CLIP(BuiltInInitModel, keras.Model):
         self._tower_fn = None
         super().compile(optimizer=optimizer, **kwargs)
 
+    def get_compile_config(self):
+        """Keras' compile config plus ``xla_towers`` and the variables the optimizer trains
+        without weight decay (`exclude_from_weight_decay` is not part of an optimizer's config;
+        they are recorded by path within the model, e.g. ``visual/ln_pre/gamma``)."""
+        config = super().get_compile_config()
+        if config:  # {} when the model was never compiled: it loads uncompiled
+            config["xla_towers"] = bool(getattr(self, "xla_towers", True))
+            excluded = weight_decay_excluded(self.optimizer, self.trainable_variables)
+            if excluded:
+                config["no_weight_decay"] = [_relative_path(v) for v in excluded]
+        return config
+
+    def compile_from_config(self, config):
+        """Re-compiles a loaded model as it was saved: `keras.saving.load_model` returns it
+        compiled, its optimizer built (so its state, the iteration count included, is restored),
+        with the same weight-decay exclusions."""
+        config = dict(keras.saving.deserialize_keras_object(config))
+        no_decay = set(config.pop("no_weight_decay", None) or ())
+        self.compile(**{k: v for k, v in config.items() if v is not None})
+        if no_decay:
+            self.optimizer.exclude_from_weight_decay(
+                var_list=[v for v in self.trainable_variables if _relative_path(v) in no_decay])
+        build_optimizer_slots(self)
 
     @property
     def metrics(self):
