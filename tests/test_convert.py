@@ -18,6 +18,12 @@ TINY = {
 }
 
 
+# Gate on the max abs difference to the torch features and logits (|features| ≤ 3.4, |logits|
+# ≤ 3.1). Measured 2026-11-30 (TF 2.21 CPU): image 4.2e-7 / 8.9e-7, text 1.5e-6 / 1.3e-6,
+# logits 1.4e-6 / 1.0e-6 (RN / ViT). README ("Weight import parity") states this gate.
+ATOL = 5e-6
+
+
 def _fixture(name):
     d = os.path.join(FIXTURES, name)
     return (os.path.join(d, "state_dict.safetensors"), np.load(os.path.join(d, "inputs.npz")),
@@ -37,7 +43,8 @@ def test_converted_open_clip_model_matches_torch_features(name):
     path, inputs, ref = _fixture(name)
     model = load_pretrained(path, **TINY[name])
     img, txt, logits = _max_diffs(model, inputs, ref)
-    assert img <= 1e-4 and txt <= 1e-4 and logits <= 1e-3, (img, txt, logits)
+    print(f"\n{name}: max abs diff image {img:.2g}, text {txt:.2g}, logits {logits:.2g}")
+    assert img <= ATOL and txt <= ATOL and logits <= ATOL, (img, txt, logits)
 
 
 def test_npz_checkpoint_loads_like_safetensors(tmp_path):
@@ -45,7 +52,7 @@ def test_npz_checkpoint_loads_like_safetensors(tmp_path):
     npz = str(tmp_path / "sd.npz")
     np.savez(npz, **load_file(path))
     img, txt, _ = _max_diffs(load_pretrained(npz, **TINY["clip_rn_tiny"]), inputs, ref)
-    assert img <= 1e-4 and txt <= 1e-4
+    assert img <= ATOL and txt <= ATOL, (img, txt)
 
 
 def test_architecture_is_inferred_from_shapes():
@@ -113,7 +120,7 @@ def test_convert_cli_writes_a_loadable_keras_file(tmp_path):
     model = keras.saving.load_model(str(out))
     assert isinstance(model, CLIP)
     img, txt, _ = _max_diffs(model, inputs, ref)
-    assert img <= 1e-4 and txt <= 1e-4
+    assert img <= ATOL and txt <= ATOL, (img, txt)
 
 
 def test_convert_cli_rejects_output_without_keras_suffix(tmp_path):

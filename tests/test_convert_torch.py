@@ -36,9 +36,19 @@ def _tiny_open_clip(name):
     return model.eval(), vision["image_size"]
 
 
+# Max abs difference of the unnormalised (image, text) features, measured with `make test-ref`
+# (torch 2.14.1, open_clip 3.3.0, TF 2.21 CPU) and printed by the test: the table in README's
+# "Weight import parity". Each is gated at 4× its measured value.
+MEASURED_FULL_SIZE = {
+    "RN50": (3.3e-7, 2.7e-6), "RN101": (3.6e-7, 2.7e-6), "RN50x4": (4.5e-7, 3.3e-6),
+    "RN50x16": (6.3e-7, 4.8e-6), "RN50x64": (1.1e-6, 3.8e-6), "ViT-B-32": (2.9e-6, 3.1e-6),
+    "ViT-B-16": (2.2e-6, 3.6e-6), "ViT-L-14": (5.0e-6, 4.5e-6), "ViT-L-14-336": (4.4e-6, 4.1e-6),
+}
+GATE_FACTOR = 4
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["RN50", "RN101", "RN50x4", "RN50x16", "RN50x64",
-                                    "ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336"])
+@pytest.mark.parametrize("preset", list(MEASURED_FULL_SIZE))
 def test_full_size_parity_with_open_clip(preset):
     torch.manual_seed(0)
     ref = open_clip.create_model(OPENAI_NAMES.get(preset, preset), pretrained=None)
@@ -53,7 +63,8 @@ def test_full_size_parity_with_open_clip(preset):
     d_txt = np.abs(np.asarray(model.encode_text(tokens)) - txt).max()
     print(f"\n{preset}: image max abs diff {d_img:.2e} (|max| {np.abs(img).max():.2f}), "
           f"text max abs diff {d_txt:.2e} (|max| {np.abs(txt).max():.2f})")
-    assert d_img <= 1e-4 and d_txt <= 1e-4
+    gate_img, gate_txt = (GATE_FACTOR * m for m in MEASURED_FULL_SIZE[preset])
+    assert d_img <= gate_img and d_txt <= gate_txt, (d_img, gate_img, d_txt, gate_txt)
 
 
 @pytest.mark.slow

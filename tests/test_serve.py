@@ -233,6 +233,34 @@ def test_version_policy_and_paths(tmp_path):
         assert model.wanted() == want, policy
 
 
+def test_cli_defaults_loopback_64_mb_messages_poll_every_second(monkeypatch):
+    """README: bound to 127.0.0.1 by default, 64 MB messages, versions polled every second."""
+    from export import serve
+
+    seen = {}
+
+    class Registry:
+        def __init__(self, config, container_root, poll_seconds, log):
+            seen["poll_seconds"] = poll_seconds
+
+        def start(self):
+            pass
+
+    class Stop(Exception):
+        pass
+
+    def make_server(registry, host, port, max_message_bytes, workers):
+        seen.update(host=host, port=port, max_message_bytes=max_message_bytes)
+        raise Stop
+
+    monkeypatch.setattr(serve, "ModelRegistry", Registry)
+    monkeypatch.setattr(serve, "make_server", make_server)
+    with pytest.raises(Stop):
+        serve.main(["--model-config", "models.config"])
+    assert seen == dict(poll_seconds=1.0, host="127.0.0.1", port=8500,
+                        max_message_bytes=64 * 1024 * 1024)
+
+
 @pytest.mark.slow
 def test_load_16_clients_x_100_requests(served):
     latencies, errors = [], []

@@ -1,4 +1,5 @@
-"""Global-batch negatives: 2 replicas × 4 samples ≡ 1 replica × 8 samples (weights ≤ 1e-5)."""
+"""Global-batch negatives: 2 replicas × 4 samples ≡ 1 replica × 8 samples (weights ≤ 1.5e-6),
+and 2 worker processes ≡ one."""
 
 import json
 import math
@@ -31,13 +32,21 @@ def _load(path):
     return float(data["loss"]), int(data["replicas"]), weights
 
 
+# README ("Training CLIP") states WEIGHT_ATOL. Measured 2026-11-30 (TF 2.21 CPU), max abs weight
+# difference after the step: 3.6e-7 (mirrored, XLA towers), 2.4e-7 (mirrored, plain; two workers
+# vs one), 0 (worker 0 vs worker 1); loss difference ≤ 2.4e-7 (one float32 ulp at ln 8).
+LOSS_ATOL = 1e-6
+WEIGHT_ATOL = 1.5e-6
+
+
 def _assert_same(a, b):
     loss_a, _, w_a = a
     loss_b, _, w_b = b
-    assert abs(loss_a - loss_b) <= 1e-5
     assert len(w_a) == len(w_b)
     worst = max(float(np.abs(x - y).max()) for x, y in zip(w_a, w_b))
-    assert worst <= 1e-5, worst
+    print(f"\nloss difference {abs(loss_a - loss_b):.2g}, max weight difference {worst:.2g}")
+    assert abs(loss_a - loss_b) <= LOSS_ATOL, (loss_a, loss_b)
+    assert worst <= WEIGHT_ATOL, worst
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,17 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "dvae_tiny")
 ENC_NPZ = os.path.join(FIXTURES, "encoder.npz")
 DEC_NPZ = os.path.join(FIXTURES, "decoder.npz")
 
-TOKEN_AGREEMENT_MIN = 0.999
-LOGITS_ATOL = 1e-4
-DECODED_ATOL = 1e-4
+# Gates of the committed tiny fixture (|logits| ≤ 1.6, decoder maps ≤ 0.38): every token equal;
+# measured 2026-11-30 (TF 2.21 CPU): logits 8.3e-7, decoded images 2.4e-7, decoder maps 0.
+LOGITS_ATOL = 3e-6
+DECODED_ATOL = 1e-6
+# The full-size test (`make test-ref`, slow): README's "Discrete VAE" parity numbers, measured
+# there as every token equal, logits 1.7e-6 and decoded images 2.7e-7; gated at ~4× those.
+FULL_SIZE_LOGITS_ATOL = 7e-6
+FULL_SIZE_DECODED_ATOL = 1e-6
+# The pickled-modules test (torch, not measurable without it; no README number): loose gates.
+PICKLE_TOKEN_AGREEMENT_MIN = 0.999
+PICKLE_ATOL = 1e-4
 
 
 def _tiny_config():
@@ -103,7 +111,7 @@ def test_tiny_parity_with_dall_e(tiny_vae, reference):
     print(f"\ntiny dVAE parity: tokens {100 * stats['token_agreement']:.3f}% | logits max abs "
           f"diff {stats['logits_max_abs_diff']:.3g} | decoded max abs diff "
           f"{stats['decoded_max_abs_diff']:.3g}")
-    assert stats["token_agreement"] >= TOKEN_AGREEMENT_MIN
+    np.testing.assert_array_equal(stats["tokens"], reference["tokens"])
     assert stats["logits_max_abs_diff"] <= LOGITS_ATOL
     assert stats["decoded_max_abs_diff"] <= DECODED_ATOL
     maps = keras.ops.convert_to_numpy(tiny_vae.decoder_outputs(reference["tokens"]))
@@ -347,9 +355,9 @@ def test_official_pickled_modules_import(tmp_path):
     vae = load_openai_dvae(tmp_path / "encoder.pkl", tmp_path / "decoder.pkl", image_size=32)
     assert vae.get_config()["n_hid"] == 64 and vae.get_config()["n_init"] == 8
     stats = _compare(vae, images, ref_logits, ref_tokens, ref_decoded)
-    assert stats["token_agreement"] >= TOKEN_AGREEMENT_MIN
-    assert stats["logits_max_abs_diff"] <= LOGITS_ATOL
-    assert stats["decoded_max_abs_diff"] <= DECODED_ATOL
+    assert stats["token_agreement"] >= PICKLE_TOKEN_AGREEMENT_MIN
+    assert stats["logits_max_abs_diff"] <= PICKLE_ATOL
+    assert stats["decoded_max_abs_diff"] <= PICKLE_ATOL
 
     # Plain state dicts (.pt, weights_only=True) give the same model.
     torch.save(enc.state_dict(), tmp_path / "encoder.pt")
@@ -382,6 +390,6 @@ def test_full_size_parity_with_dall_e():
           f"{np.abs(ref_logits).max():.3g}) | decoded max abs diff "
           f"{stats['decoded_max_abs_diff']:.3g}")
     assert stats["tokens"].shape == (1, 32, 32)
-    assert stats["token_agreement"] >= TOKEN_AGREEMENT_MIN
-    assert stats["logits_max_abs_diff"] <= LOGITS_ATOL
-    assert stats["decoded_max_abs_diff"] <= DECODED_ATOL
+    np.testing.assert_array_equal(stats["tokens"], ref_tokens)  # README: 100% of positions
+    assert stats["logits_max_abs_diff"] <= FULL_SIZE_LOGITS_ATOL
+    assert stats["decoded_max_abs_diff"] <= FULL_SIZE_DECODED_ATOL

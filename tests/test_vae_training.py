@@ -351,13 +351,17 @@ def test_presets():
     assert openai.decoder.count_params() == 43_829_766
     assert openai.training_schedule == VAETrainingSchedule()
     shapes = dvae_from_preset("dvae-shapes")
-    assert shapes.image_size == 64 and shapes.token_grid_size in (8, 16)
-    assert 512 <= shapes.vocab_size <= 1024
+    # README: 64×64 → 16×16 tokens, K = 512, 92,958 parameters.
+    assert shapes.image_size == 64 and shapes.token_grid_size == 16
+    assert shapes.vocab_size == 512
+    shapes.build()
+    assert shapes.count_params() == 92_958
     tiny = dvae_from_preset("dvae-tiny", training_schedule=dict(kl_weight_end=1.0))
     assert tiny.training_schedule.kl_weight_end == 1.0
     assert tiny.training_schedule.temperature_steps == get_preset("dvae-tiny")[
         "training_schedule"]["temperature_steps"]
-    assert get_training_preset("dvae-shapes")["batch_size"] >= 1
+    demo = get_training_preset("dvae-shapes")  # README: 5 epochs × 220 steps × batch 8
+    assert (demo["epochs"], demo["steps_per_epoch"], demo["batch_size"]) == (5, 220, 8)
     get_preset("openai")["n_hid"] = 1  # copies
     assert PRESETS["openai"]["n_hid"] == 256
     with pytest.raises(ValueError, match="Available presets"):
