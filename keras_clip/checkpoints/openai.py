@@ -15,7 +15,7 @@ from keras_clip.checkpoints.reader import numpy_state_dict, read_state_dict
 from keras_clip.model import CLIP
 from keras_clip.presets import get_preset
 
-__all__ = ["infer_config", "load_pretrained", "load_state_dict", "weight_map"]
+__all__ = ["infer_config", "load_pretrained", "load_state_dict", "state_dict", "weight_map"]
 
 # Keys in reference checkpoints that carry no weights of ours.
 _IGNORED = re.compile(r"(^|\.)num_batches_tracked$|^(input_resolution|context_length|vocab_size)$"
@@ -42,6 +42,14 @@ def _split3_linear(a):  # in_proj_weight [Wq; Wk; Wv] (3w, w) -> three (w, w) ke
 def _split3(a):  # in_proj_bias (3w,) -> three (w,)
     return list(np.split(a, 3, axis=0))
 
+
+_TO_TORCH = {  # the inverses: list of Keras arrays -> torch array
+    _same: lambda arrays: arrays[0],
+    _linear: lambda arrays: arrays[0].T,
+    _conv: lambda arrays: arrays[0].transpose(3, 2, 0, 1),  # HWIO -> OIHW
+    _split3_linear: lambda arrays: np.concatenate([a.T for a in arrays], axis=0),
+    _split3: lambda arrays: np.concatenate(arrays, axis=0),
+}
 
 _TORCH_SHAPE = {
     _same: lambda s: s[0],
@@ -183,6 +191,22 @@ def load_state_dict(model, state_dict, source="state dict"):
     for variable, value in updates:
         variable.assign(value.astype(variable.dtype))
     return model
+
+
+def state_dict(model):
+    """``model``'s weights as an OpenAI / open_clip state dict (float32 numpy arrays in torch's
+    layouts, keys as open_clip names them): the inverse of `load_state_dict`, e.g. to write with
+    ``safetensors.numpy.save_file`` and read back with `load_pretrained` or open_clip.
+
+    Example:
+        >>> from safetensors.numpy import save_file
+        >>> save_file(state_dict(model), "open_clip_model.safetensors")
+    """
+    out = {}
+    for key, (variables, convert) in weight_map(model).items():
+        arrays = [np.asarray(v.numpy(), np.float32) for v in variables]
+        out[key] = np.asarray(_TO_TORCH[convert](arrays), order="C")  # (keeps 0-d arrays 0-d)
+    return out
 
 
 def load_pretrained(path_or_state_dict, preset=None, **overrides):
