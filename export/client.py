@@ -19,6 +19,8 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
+from keras_clip.cli import add_tf_logs_flag
+
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -167,6 +169,7 @@ def main(argv=None):
     zs.add_argument("--labels", nargs="+", required=True)
     sub.add_parser("metadata", help="signatures and their inputs/outputs")
     sub.add_parser("status", help="version states")
+    add_tf_logs_flag(parser)
     args = parser.parse_args(argv)
 
     def read(paths):

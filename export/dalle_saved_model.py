@@ -23,6 +23,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
+from keras_clip.cli import add_tf_logs_flag
 from export.dvae_saved_model import images_to_png
 from export.saved_model import (check_batch, checked, next_version, run_export_cli,
                                 write_version_atomic)
@@ -134,6 +135,7 @@ def main(argv=None):
     parser.add_argument("--base-path", required=True)
     parser.add_argument("--version", type=int, default=None)
     parser.add_argument("--overwrite", action="store_true")
+    add_tf_logs_flag(parser)
     args = parser.parse_args(argv)
 
     def export(version):

@@ -24,6 +24,8 @@ import time
 
 import numpy as np
 
+from keras_clip.cli import add_tf_logs_flag
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -35,7 +37,7 @@ def start_server(config, timeout=600, extra_args=()):
     """Start ``export.serve`` on a free port; returns (process, address) once it is ready."""
     cmd = [sys.executable, "-m", "export.serve", "--model-config", config, "--port", "0",
            *extra_args]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+    env = dict(os.environ,  # TensorFlow's logs as in this process (keras_clip/cli.py)
                PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env)
@@ -161,6 +163,7 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="serving directory (mount at /models)")
     parser.add_argument("--num-images", type=int, default=6)
     parser.add_argument("--fast-load", action="store_true", help="passed to export.serve")
+    add_tf_logs_flag(parser)
     args = parser.parse_args(argv)
     if args.dalle and not args.dvae:
         print("error: --dalle needs --dvae (the images are decoded by the dVAE)", file=sys.stderr)
@@ -170,7 +173,6 @@ def main(argv=None):
             print(f"error: no model file at {path}", file=sys.stderr)
             return 2
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from export.client import CLIPClient
     from export.saved_model import export_clip, load_clip_model
     from export.serving_config import write_batching_parameters, write_models_config

@@ -35,6 +35,8 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from keras_clip.cli import add_tf_logs_flag
+
 SIGNATURES = ("serving_default", "encode_text", "encode_image", "zero_shot")
 DEFAULT_TEMPLATE = "a photo of a {}."
 # Magic numbers of the formats tf.io.decode_image reads: checked up front so bad bytes fail with
@@ -268,6 +270,7 @@ def main(argv=None):
     parser.add_argument("--template", default=DEFAULT_TEMPLATE,
                         help="zero-shot prompt template with one {} (default %(default)r)")
     parser.add_argument("--no-warmup", action="store_true", help="skip assets.extra warmup file")
+    add_tf_logs_flag(parser)
     args = parser.parse_args(argv)
     return run_export_cli(args.model, args.base_path, args.version, args.overwrite, lambda version:
                           export_clip(load_clip_model(args.model), args.base_path, version,

@@ -31,19 +31,18 @@ import time
 import traceback
 from concurrent import futures
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import grpc  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_text  # noqa: E402,F401  (registers TF Text ops before any SavedModel loads)
-from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,  # noqa: E402
+import grpc
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  (registers TF Text ops before any SavedModel loads)
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
-from tensorflow_serving.apis import status_pb2  # noqa: E402
+from tensorflow_serving.apis import status_pb2
 
-from export.saved_model import existing_versions  # noqa: E402
-from export.serving_config import read_models_config, read_warmup_requests  # noqa: E402
+from keras_clip.cli import add_tf_logs_flag
+from export.saved_model import existing_versions
+from export.serving_config import read_models_config, read_warmup_requests
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
@@ -375,6 +374,7 @@ def main(argv=None):
                         help="turn off Grappler: versions load and warm up ~4x faster, requests "
                              "run up to ~2x slower (the tokenizer's big constant tables make "
                              "graph optimisation slow)")
+    add_tf_logs_flag(parser)
     args = parser.parse_args(argv)
     if args.fast_load:
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})

@@ -26,6 +26,8 @@ from google.protobuf import text_format
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from keras_clip.cli import add_tf_logs_flag
+
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 CONTAINER_ROOT = "/models"
 
@@ -158,6 +160,7 @@ def main(argv=None):
     parser.add_argument("--versions", type=int, nargs="*", help="versions for --policy specific")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-timeout-micros", type=int, default=2000)
+    add_tf_logs_flag(parser)
     args = parser.parse_args(argv)
     names = args.model or ["clip"]
     try:

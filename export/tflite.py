@@ -47,9 +47,10 @@ import sys
 import tempfile
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+
+from keras_clip.cli import add_tf_logs_flag  # noqa: E402
 
 PARTS = ("image", "text", "dvae-decoder")
 VARIANTS = ("fp32", "fp16", "dynamic-int8", "int8")
@@ -555,6 +556,7 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true", help="print the report(s) as JSON")
     parser.epilog = ("Exit status: 0 if everything was written, 1 if --all refused a variant, "
                      "2 on an error (including a refused single export).")
+    add_tf_logs_flag(parser)
     args = parser.parse_args(argv)
     if args.all is None and (args.part is None or args.out is None):
         parser.error("give --part and --out (or --all DIR)")

@@ -12,6 +12,12 @@ import os as _os
 
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+# First, before anything imports TensorFlow: quiet start-up for `python -m` runs of the project's
+# commands (a no-op when a program imports keras_clip; see keras_clip/cli.py).
+from keras_clip import cli as _cli  # noqa: E402
+
+_cli.quiet_tensorflow_startup()
+
 from keras_clip import presets  # noqa: E402
 from keras_clip.checkpoints import load_pretrained  # noqa: E402
 from keras_clip.model import CLIP  # noqa: E402

@@ -8,6 +8,7 @@ temporary name and renamed into place.
 
 import argparse
 
+from keras_clip.cli import add_tf_logs_flag
 from keras_clip.checkpoints import load_pretrained
 from keras_clip.saving import save_model_atomic
 
@@ -19,6 +20,7 @@ def main(argv=None):
     parser.add_argument("output", help="output path ending in .keras")
     parser.add_argument("--preset", default=None, help="architecture (default: inferred from shapes)")
     parser.add_argument("--activation", default=None, choices=["quick_gelu", "gelu"])
+    add_tf_logs_flag(parser)
     args = parser.parse_args(argv)
     if not args.output.endswith(".keras"):
         parser.error(f"output must end in .keras, got {args.output}")

@@ -22,6 +22,7 @@ from PIL import Image
 
 import keras_clip
 from keras_clip.checkpoints import load_pretrained, state_dict
+from keras_clip.cli import add_tf_logs_flag
 from keras_clip.data.shapes import class_names, generate_shapes
 from keras_clip.saving import load_model
 
@@ -41,6 +42,7 @@ def main(argv=None):
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None,
                         help="a trained CLIP .keras file (default: ViT-S-Demo, random weights)")
+    add_tf_logs_flag(parser)
     args = parser.parse_args(argv)
 
     t0 = time.time()

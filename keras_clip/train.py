@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_clip.cli import add_tf_logs_flag
 from keras_clip import callbacks as cb
 from keras_clip.saving import save_model_atomic
 from keras_clip.strategy import STRATEGIES, is_chief, make_strategy
@@ -177,6 +178,7 @@ def main(argv=None):
     p.add_argument("--profile", action="store_true", help="profiler trace of steps 2-4")
     p.add_argument("--text-encoder", default=None, choices=["transformer", "cbow"])
     p.add_argument("--verbose", type=int, default=1)
+    add_tf_logs_flag(p)
     args = p.parse_args(argv)
     overrides = {"text_encoder": args.text_encoder} if args.text_encoder else {}
     _, history = train_clip(

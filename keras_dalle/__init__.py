@@ -13,6 +13,8 @@ import os as _os
 
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+# First: keras_clip quiets TensorFlow's start-up in a `python -m` command run (keras_clip/cli.py).
+import keras_clip  # noqa: E402,F401
 from keras_dalle.sampling import generate, rerank_samples, sample_image_tokens  # noqa: E402
 from keras_dalle.transformer import DALLE, dalle_param_count, get_dalle_preset  # noqa: E402
 from keras_dalle.vae import (DiscreteVAE, VAETrainingSchedule, dvae_from_preset,  # noqa: E402

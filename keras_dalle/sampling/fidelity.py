@@ -18,6 +18,7 @@ import argparse
 
 import numpy as np
 
+from keras_clip.cli import add_tf_logs_flag
 from keras_clip.data.shapes import COLOURS, dominant_colour, generate_shapes
 from keras_clip.model import CLIP
 from keras_clip.saving import load_model
@@ -77,6 +78,7 @@ def main(argv=None):
     p.add_argument("--keep", type=int, default=1)
     p.add_argument("--split", default="heldout", choices=["train", "val", "heldout"])
     p.add_argument("--seed", type=int, default=0)
+    add_tf_logs_flag(p)
     args = p.parse_args(argv)
     model, vae = load_model(args.model, DALLE), load_model(args.vae, DiscreteVAE)
     clip = load_model(args.clip, CLIP) if args.clip else None

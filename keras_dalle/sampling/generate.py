@@ -14,6 +14,7 @@ import tempfile
 
 import numpy as np
 
+from keras_clip.cli import add_tf_logs_flag
 from keras_clip.model import CLIP
 from keras_clip.saving import load_model
 from keras_dalle.sampling.pipeline import generate
@@ -75,6 +76,7 @@ def main(argv=None):
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="grid.png")
+    add_tf_logs_flag(p)
     args = p.parse_args(argv)
     model, vae = load_model(args.model, DALLE), load_model(args.vae, DiscreteVAE)
     clip = load_model(args.clip, CLIP) if args.clip else None

@@ -33,6 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_clip.cli import add_tf_logs_flag
 from keras_clip.saving import load_model, save_model_atomic
 from keras_clip.strategy import STRATEGIES, make_strategy
 from keras_clip.text.tokenizer import VOCAB_SIZE
@@ -184,6 +185,7 @@ def _parser():
     p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2))
     p.add_argument("--sample-prompts", nargs="*", default=None,
                    help="prompts whose samples are written to TensorBoard after every epoch")
+    add_tf_logs_flag(p)
     return p
 
 

@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_clip.cli import add_tf_logs_flag
 from keras_clip.saving import save_model_atomic
 from keras_dalle.vae.presets import PRESETS, dvae_from_preset, get_training_preset
 from keras_dalle.vae.model import DiscreteVAE
@@ -209,6 +210,7 @@ def _parser():
     p.add_argument("--resume", default=None, help="continue training a saved .keras model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2))
+    add_tf_logs_flag(p)
     return p
 
 

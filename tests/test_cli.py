@@ -1,0 +1,117 @@
+"""The commands keep TensorFlow's start-up noise quiet unless asked (keras_clip/cli.py)."""
+
+import ast
+import contextlib
+import importlib
+import io
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from keras_clip import cli
+from keras_clip.cli import COMMANDS, command_module, startup_noise_filter
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+NOISE = ("cuInit", "cpu_feature_guard", "oneDNN", "absl::InitializeLog")
+
+# What TensorFlow 2.21 prints on a CPU-only machine with TF_CPP_MIN_LOG_LEVEL=2 (abridged).
+_STARTUP = """\
+WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
+I0000 00:00:1796048029.995086    8639 port.cc:153] oneDNN custom operations are on. You may see ...
+I0000 00:00:1796048029.995361    8639 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.
+I0000 00:00:1796048030.041215    8639 cpu_feature_guard.cc:227] This TensorFlow binary is optimized ...
+To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow ...
+W0000 00:00:1796048030.041215    8639 some_module.cc:1] a warning
+E0000 00:00:1796048032.107863    8639 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error
+E0000 00:00:1796048032.107863    8639 other.cc:7] a real error
+/some/file.py:3: UserWarning: a Python warning
+  warnings.warn(...)
+"""
+
+
+def test_startup_filter_drops_what_the_level_hides_and_the_driverless_cuinit():
+    kept = startup_noise_filter(_STARTUP, 2)
+    assert kept == ("E0000 00:00:1796048032.107863    8639 other.cc:7] a real error\n"
+                    "/some/file.py:3: UserWarning: a Python warning\n  warnings.warn(...)\n")
+    assert "W0000" in startup_noise_filter(_STARTUP, 1)
+    assert startup_noise_filter(_STARTUP, 0) == _STARTUP
+    # With a CUDA driver present a failing cuInit is a real problem: kept.
+    with_driver = _STARTUP.replace("Could not find cuda drivers", "Found cuda drivers")
+    assert "failed call to cuInit" in startup_noise_filter(with_driver, 2)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["python", "-m", "keras_clip.train", "--tf-logs"], ("keras_clip.train", ["--tf-logs"])),
+    (["python", "-u", "-X", "dev", "-mexport.serve", "--port", "0"], ("export.serve", ["--port", "0"])),
+    (["python", "-m", "pytest", "tests"], ("pytest", ["tests"])),
+    (["python", "script.py", "-m", "keras_clip.train"], (None, [])),
+    (["python", "-c", "import keras_clip", "-m", "x"], (None, [])),
+    (["python"], (None, [])),
+])
+def test_command_line_parsing(argv, expected):
+    assert command_module(argv) == expected
+
+
+def _modules_with_a_main():
+    found = set()
+    for package in ("keras_clip", "keras_dalle", "export"):
+        for path in (ROOT / package).rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            if any(isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
+                   for node in tree.body):
+                found.add(".".join(path.relative_to(ROOT).with_suffix("").parts))
+    return found
+
+
+def test_every_command_is_listed_and_takes_the_flag():
+    assert set(COMMANDS) == _modules_with_a_main()
+    for name in COMMANDS:
+        module = importlib.import_module(name)
+        with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stdout(io.StringIO()) as out:
+            module.main(["--tf-logs", "--help"])
+        assert exit_info.value.code == 0 and "--tf-logs" in out.getvalue(), name
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # conftest sets it
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+def test_commands_start_quietly_unless_asked(tmp_path):
+    # TensorFlow is imported (by the package) before argparse runs, so `--help` shows the start-up.
+    runs = {
+        "clip quiet": ([sys.executable, "-m", "keras_clip.convert", "--help"], _env()),
+        "dalle quiet": ([sys.executable, "-m", "keras_dalle.sampling.generate", "--help"], _env()),
+        "clip --tf-logs": ([sys.executable, "-m", "keras_clip.convert", "--tf-logs", "--help"], _env()),
+        "dalle level 0": ([sys.executable, "-m", "keras_dalle.sampling.generate", "--help"],
+                          _env(TF_CPP_MIN_LOG_LEVEL="0")),
+    }
+    procs = {name: subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+             for name, (cmd, env) in runs.items()}
+    out = {name: proc.communicate(timeout=300) for name, proc in procs.items()}
+    for name, proc in procs.items():
+        assert proc.returncode == 0, (name, out[name][1][-2000:])
+    for name in ("clip quiet", "dalle quiet"):
+        assert "usage:" in out[name][0]
+        assert not [n for n in NOISE if n in out[name][1]], (name, out[name][1])
+    for name in ("clip --tf-logs", "dalle level 0"):
+        assert [n for n in NOISE if n in out[name][1]], (name, out[name][1])
+
+
+@pytest.mark.parametrize("argv, level", [
+    (["python", "-c", "import keras_clip"], None),   # a program importing the package
+    (["python", "-m", "pytest", "tests"], None),
+    (["python", "-m", "keras_clip.train", "--tf-logs"], "0"),
+    (["python", "-m", "export.serve", "--port", "0"], "3"),
+])
+def test_only_command_runs_touch_tensorflow_logging(argv, level, monkeypatch):
+    monkeypatch.setattr(cli, "_done", False)
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    cli.quiet_tensorflow_startup(argv)  # (TensorFlow is already imported here: no capture)
+    assert os.environ.get("TF_CPP_MIN_LOG_LEVEL") == level
