@@ -35,8 +35,7 @@ Example:
     $ python -m export.tflite runs/demo/dvae.keras --all tflite/     # every part × variant
     $ python -m export.tflite runs/demo/clip.keras --all tflite/ --variants fp32,fp16
     >>> report = export_tflite(model, "text", "dynamic-int8", "text.tflite")
-    >>> report["parity"]["min_cosine"]
-    0.9993...
+    >>> report["parity"]["min_cosine"]      # ≥ threshold, or ParityError (BENCHMARKS.md)
 """
 
 import argparse

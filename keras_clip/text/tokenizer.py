@@ -211,7 +211,7 @@ def _re2_class(cps):
 
 
 class _Tables:
-    """Everything the graph needs, as numpy arrays / strings (built once per process, ~1 s)."""
+    """Everything the graph needs, as numpy arrays / strings (built once per process)."""
 
     def __init__(self):
         every = "".join(map(chr, range(0x110000)))
@@ -591,7 +591,7 @@ class CLIPTokenizer(keras.layers.Layer):
 
     Python's Unicode behaviour (letter/digit classes, str.isspace, str.lower incl. final sigma,
     html.unescape, ftfy's tables) is read from the running Python, regex, html and ftfy when the
-    layer is first called (~2 s) and baked into the graph as constants; lowercasing uses TF's
+    layer is first called and baked into the graph as constants; lowercasing uses TF's
     ICU plus a table for the letters ICU's older Unicode lacks. Invalid UTF-8 becomes U+FFFD.
 
     Example:

@@ -9,13 +9,13 @@ dicts), and `dalle_param_count(config)`, the parameter count of a config without
   + 1.6%). With two separate output heads it would be 12,292,836,992 (+2.4%). The 12·d²·L of
   the 64 blocks alone is 12.09e9, so the paper's figure is a rounded one either way.
 * "dalle-shapes": the demo on the built-in shapes data with the "dvae-shapes" dVAE (64×64 images
-  → 16×16 tokens, vocabulary 512) and the CLIP BPE tokenizer (vocabulary 49408). Sized for a
-  few minutes on 2 shared CPU cores: the shapes captions are at most 14 tokens with SOT/EOT
+  → 16×16 tokens, vocabulary 512) and the CLIP BPE tokenizer (vocabulary 49408). Sized for
+  `make demo` on a 2-core CPU: the shapes captions are at most 14 tokens with SOT/EOT
   (measured over the 20k "train" and the "heldout" captions), so 16 text positions hold every
   caption (64 would cost 4× the 49408-way text head for pads only); width 128, 4 layers
   (row, column, row, conv), 4 heads, a 5×5 conv window (13.6M parameters, 12.7M of them the
-  text embedding and head). `python -m keras_dalle.transformer.train` with its defaults (80 steps of 16):
-  held-out image-token cross-entropy 1.89 nats vs the unigram baseline's 4.08, in ~5.5 min.
+  text embedding and head). `python -m keras_dalle.transformer.train` trains it (80 steps of 16
+  by default; results and timings: README, "Transformer").
 * "dalle-tiny": for tests (8 text tokens, 4×4 grid, width 32, 3 layers, small vocabularies).
 
 Example:

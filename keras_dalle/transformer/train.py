@@ -4,12 +4,7 @@
         --logdir runs/dalle --output runs/dalle/dalle.keras
 
 (the defaults: 4 epochs × 20 steps of batch 16, lr 1e-3, 4,000 training and 300 held-out shapes
-examples). Measured with the "dvae-shapes" dVAE, seed 0: held-out image-token cross-entropy
-1.888 nats against the unigram baseline's 4.081 (entropy of the training tokens; 4.103 on the
-held-out tokens); 5 min 32 s for the whole command on 2 CPU cores shared with other jobs
-(load 2–5): 30 s to encode the images, 279 s of fit (99 s for the first epoch, which includes
-the XLA compilation; then ~1,800–2,200 tokens/s). The same run under load 7–10 took 14 min
-with identical numbers.
+examples; results and timings with the "dvae-shapes" dVAE: README, "Transformer").
 
 The grid size and image vocabulary come from the dVAE (a preset's are overridden to match).
 `--data shapes` encodes the built-in "train" split once (`--num-examples` images) and trains on

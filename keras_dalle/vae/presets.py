@@ -7,24 +7,20 @@ hyper-parameters that go with each (`TRAINING_PRESETS`, used by `keras_dalle.vae
   β = (0.9, 0.999), ε = 1e-8, weight decay 1e-4, step size 1e-4 cosine-annealed to 1.25e-6,
   batch 512, 3M updates) — this is what the paper says, it is not runnable on a CPU.
 * "dvae-shapes": a small model for the built-in shapes data (`keras_clip.data.shapes`):
-  64×64 → 16×16 tokens, K = 512, n_hid 16 (~93k parameters); about 5 minutes on 2 shared CPU
-  cores for 1,100 updates of batch 8. It departs from the paper in two documented ways, because
-  the paper's recipe does not get there in a few minutes on this data (measured, same model):
+  64×64 → 16×16 tokens, K = 512, n_hid 16 (~93k parameters), trained for 1,100 updates of
+  batch 8 (minutes on a CPU). It departs from the paper in two ways, because the paper's recipe
+  does not get there in that budget on this data (the measurements: README, "Discrete VAE"):
     - the logit-Laplace loss learns these flat-colour images slowly — an L1 in logit space
-      predicts the background (the median) until it is sure of an object pixel: 18.8 dB
-      held-out PSNR after 500 updates (a plain softmax autoencoder with the same loss: 19.6 dB
-      after 400, and it diverged later), against 23.3 dB with the Gaussian loss at equal steps;
-      so it uses `reconstruction_loss="gaussian"` (σ = 0.03 in mapped-pixel units);
-    - the codebook collapses to ~10–30 of 512 codes (β from 1 to 6.6, warm-up or not): the
-      decoder reconstructs edges from the spatial layout of a handful of codes. The usage part of
-      the KL term gets extra weight (`marginal_kl_weight` 150), which keeps q spread early.
+      predicts the background (the median) until it is sure of an object pixel — so it uses
+      `reconstruction_loss="gaussian"` (σ = 0.03 in mapped-pixel units);
+    - the codebook collapses to a few tens of the 512 codes whatever β (1 to 6.6, warm-up or
+      not): the decoder reconstructs edges from the spatial layout of a handful of codes. The
+      usage part of the KL term gets extra weight (`marginal_kl_weight` 150), which keeps q
+      spread early.
   β is the paper's 6.6 scaled by tokens per pixel (48 values per token here, 192 in the paper:
   6.6 · 48 / 192 = 1.65), warmed up over 100 updates; τ 1 → 1/16 over the whole run.
-  Measured (`python -m keras_dalle.vae.train --data shapes --preset dvae-shapes --logdir ...`,
-  seed 0, 1,100 updates): held-out PSNR 25.8 dB of the argmax-token reconstructions and 59.4%
-  of the codes used (304 / 512) over the 1,000 "heldout" images; fit 289 s including the
-  per-epoch held-out callback, 5 min 7 s for the whole command, with the 2 cores shared
-  (load 3–4). Targets: ≥ 25 dB and ≥ 50%.
+  Targets: held-out PSNR ≥ 25 dB of the argmax-token reconstructions and ≥ 50% of the codes
+  used; results and timings of `make demo-dvae`: README, "Discrete VAE".
 * "dvae-tiny": for tests (16×16 → 8×8 tokens, K = 16).
 
 Example:

@@ -3,9 +3,9 @@
     python -m keras_dalle.vae.train --data shapes --preset dvae-shapes --epochs 5 \\
         --batch-size 8 --steps-per-epoch 220 --logdir logs/dvae --out dvae-shapes.keras
 
-(those are the preset's defaults: ~5 minutes on 2 CPU cores, held-out PSNR 25.8 dB, 59% of
-the 512 codes used; see `keras_dalle.vae.presets`). At the end it prints the held-out PSNR of the
-argmax-token reconstructions and the codebook usage.
+(those are the preset's defaults, see `keras_dalle.vae.presets`; results and timings: README,
+"Discrete VAE"). At the end it prints the held-out PSNR of the argmax-token reconstructions and
+the codebook usage.
 
 `--data shapes` trains on the built-in shapes images (`keras_clip.data.shapes`, "train" split;
 held-out: the "heldout" split, whose colour–shape pairs never occur in training). `--data PATH`
