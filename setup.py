@@ -23,6 +23,6 @@ setup(
         "dev": ["pytest", "pytest-timeout", "scikit-image", "tensorflow-serving-api==2.21.*", "grpcio",
                 "ai-edge-litert"],
         "serving": ["tensorflow-serving-api==2.21.*", "grpcio"],
-        "lite": ["ai-edge-litert"],
+        "lite": ["ai-edge-litert", "scikit-image"],  # export.tflite checks parity on its photos
     },
 )
