@@ -3,9 +3,11 @@
 Compares against a PIL-only copy of ``Resize(size, BICUBIC) → CenterCrop → ToTensor →
 Normalize`` on the photos scikit-image ships, at 224 and 336, and prints mean/max absolute
 differences in normalised units and in 0..255 pixel units. The JPEG rows feed the layer the
-encoded file and OpenAI's pipeline the same file decoded by PIL.
+encoded file and OpenAI's pipeline the same file decoded by PIL. Other image modes (RGBA, LA,
+P, 1, CMYK, GIF, WebP, 16-bit) are compared in tests/test_image_modes.py.
 
     .venv/bin/python benchmarks/preprocessing_parity.py                 # the table
+    .venv/bin/python benchmarks/preprocessing_parity.py --speed         # ms per image, by mode
     # once: check that the PIL-only reference equals torchvision / open_clip exactly
     .venv/bin/python benchmarks/preprocessing_parity.py --dump-images /tmp/skimage_photos.npz
     .venv-ref/bin/python benchmarks/preprocessing_parity.py \
@@ -102,14 +104,59 @@ def naive_tf(image, size):
     return (x[top:top + size, left:left + size] - MEAN) / STD
 
 
+def speed(repeats=5, batch=4):
+    """Best-of-`repeats` time per image of the layer under tf.function, for a few modes."""
+    import time
+
+    import tensorflow as tf
+    from PIL import Image
+    from skimage import data
+
+    from keras_clip.preprocessing import CLIPImagePreprocessor
+
+    def encode(image, fmt, **options):
+        buf = io.BytesIO()
+        image.save(buf, fmt, **options)
+        return buf.getvalue()
+
+    photo = Image.fromarray(data.astronaut()).resize((640, 480))
+    cases = {
+        "RGB JPEG 640x480": encode(photo, "JPEG", quality=90),
+        "RGB JPEG 4000x3000": encode(photo.resize((4000, 3000)), "JPEG", quality=90),
+        "RGBA PNG 640x480": encode(photo.convert("RGBA"), "PNG"),
+        "P PNG 640x480": encode(photo.quantize(256), "PNG"),
+        "CMYK JPEG 640x480": encode(photo.convert("CMYK"), "JPEG"),
+    }
+    layer = CLIPImagePreprocessor()
+    fn = tf.function(layer, input_signature=[tf.TensorSpec([None], tf.string)])
+    start = time.perf_counter()
+    fn(tf.constant([cases["RGB JPEG 640x480"]]))
+    print(f"trace + first call: {time.perf_counter() - start:.2f} s")
+    for name, item in cases.items():
+        images = tf.constant([item] * batch)
+        fn(images)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(images)
+            best = min(best, (time.perf_counter() - start) / batch)
+        print(f"{name:20s} {best * 1000:8.1f} ms per image (best of {repeats}, batches of {batch})")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dump-images", metavar="NPZ", help="save the photos and exit")
+    parser.add_argument("--speed", action="store_true", help="time the layer per image mode")
     parser.add_argument("--verify-torchvision", metavar="NPZ",
                         help="(in .venv-ref) check the PIL-only reference against torchvision")
     args = parser.parse_args(argv)
     if args.verify_torchvision:
         return 0 if verify_torchvision(args.verify_torchvision) else 1
+    if args.speed:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        return speed()
     photos = load_photos()
     if args.dump_images:
         np.savez(args.dump_images, **photos)
