@@ -72,6 +72,60 @@ def test_image_prefix_is_kept_and_both_paths_agree(model, text):
     np.testing.assert_array_equal(cached, uncached)
 
 
+def _pattern_model(pattern, tie_embeddings=False):
+    keras.utils.set_random_seed(0)
+    return DALLE.from_preset("dalle-tiny", attention_schedule=[pattern] * 2, num_layers=2,
+                             tie_embeddings=tie_embeddings)
+
+
+@pytest.mark.parametrize("pattern, tie_embeddings", [("row", False), ("column", False),
+                                                     ("conv", True), ("full", False)])
+def test_call_with_cache_equals_the_models_logits(pattern, tie_embeddings):
+    """Prefill (text, SOI, a prefix) then one position per call, through the public methods the
+    sampler uses, against the uncached forward pass: every layer type's mask rows."""
+    m = _pattern_model(pattern, tie_embeddings)
+    rng = np.random.default_rng(5)
+    text = rng.integers(0, m.text_vocab_size, (2, m.text_len)).astype("int32")
+    text[:, -2:] = m.pad_id  # pads get their position's pad embedding
+    image = rng.integers(0, m.image_vocab_size, (2, m.num_image_tokens)).astype("int32")
+    _, want = m.logits(tf.constant(text), tf.constant(image))  # [2, N, V_i]
+    stream = m.stream_token_ids(text, image)  # [2, T]
+    assert stream.shape == (2, m.sequence_length)
+    np.testing.assert_array_equal(stream[:, m.text_len + 1:], image[:, :-1])
+    prefix = m.text_len + 1 + 3  # text, SOI, 3 image tokens
+    logits, hidden, cache = m.call_with_cache(stream[:, :prefix], m.empty_cache(2), 0)
+    got = [logits[:, m.text_len:]]
+    assert hidden.shape == (2, prefix, m.width) and len(cache) == m.num_layers
+    for position in range(prefix, m.sequence_length):
+        logits, _, cache = m.call_with_cache(stream[:, position:position + 1], cache, position)
+        got.append(logits)
+    np.testing.assert_allclose(np.concatenate(got, axis=1), want, rtol=1e-5, atol=1e-5)
+    whole, _, _ = m.call_with_cache(stream, m.empty_cache(2), 0)  # one prefill of everything
+    np.testing.assert_allclose(whole[:, m.text_len:], want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="list of 2 per-layer caches"):
+        m.call_with_cache(stream[:, :1], m.empty_cache(2)[:1], 0)
+    with pytest.raises(ValueError, match="cache_update_index must be in"):
+        m.call_with_cache(stream[:, :2], cache, m.sequence_length - 1)
+
+
+@pytest.mark.parametrize("pattern", ["row", "column", "conv", "full"])
+def test_cached_and_uncached_greedy_tokens_for_each_layer_type(text, pattern):
+    m = _pattern_model(pattern)
+    cached = sample_image_tokens(m, text, num_samples=2, temperature=0.0)
+    np.testing.assert_array_equal(cached, sample_image_tokens(m, text, num_samples=2,
+                                                              temperature=0.0, use_cache=False))
+
+
+def test_cached_and_uncached_loops_agree_without_xla(model, text):
+    prefix = np.random.default_rng(6).integers(0, model.image_vocab_size, (2, 3))
+    kwargs = dict(num_samples=2, seed=9, image_prefix_tokens=prefix)
+    cached = sample_image_tokens(model, text, xla=False, **kwargs)
+    np.testing.assert_array_equal(cached[:, :, 0, :3], np.repeat(prefix[:, None], 2, axis=1))
+    np.testing.assert_array_equal(cached, sample_image_tokens(model, text, xla=False,
+                                                              use_cache=False, **kwargs))
+    np.testing.assert_array_equal(cached, sample_image_tokens(model, text, **kwargs))
+
+
 def test_top_k_and_top_p_keep_only_the_best_tokens():
     logits = tf.constant([[0.0, 1.0, 2.0, 3.0, 4.0]])
     kept = np.isfinite(filter_logits(logits, top_k=2).numpy())

@@ -292,6 +292,19 @@ def test_causality(pattern, impl):
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("text_len,h,w,ks", SHAPES + [(0, 3, 5, 3), (2, 5, 2, 7), (16, 8, 8, 5)])
+def test_mask_rows_are_the_rows_of_the_mask(pattern, text_len, h, w, ks):
+    """The rows cached decoding uses, computed from positions, equal ``pattern_mask``'s."""
+    kernel = PatternAttention(pattern, text_len, h, w, kernel_size=ks, impl="masked_dense")
+    mask, t = kernel.mask(), kernel.seq_len
+    np.testing.assert_array_equal(kernel.mask_rows(0, t), mask)
+    rows = tf.function(kernel.mask_rows, jit_compile=True)  # a symbolic start, under XLA
+    for start, length in [(0, 1), (max(text_len - 1, 0), 3), (t - 1, 1), (t - 4, 4)]:
+        np.testing.assert_array_equal(rows(tf.constant(start), length),
+                                      mask[start:start + length])
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
 def test_config_round_trip(pattern):
     kernel = PatternAttention(pattern, 5, 3, 4, kernel_size=3, impl="masked_dense")
     config = kernel.get_config()

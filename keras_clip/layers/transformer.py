@@ -28,9 +28,31 @@ def layer_norm(name, epsilon, dtype_policy=None):
 class ResidualAttentionBlock(keras.layers.Layer):
     """``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))`` with a ``mlp_ratio``-wide hidden layer.
 
+    Args:
+        width: int, the residual width; num_heads: int, divides ``width``.
+        mlp_ratio: hidden width of the MLP over ``width``; activation: "quick_gelu" or "gelu".
+        layer_norm_epsilon: float; attention_kernel: optional, see `MultiHeadAttention`.
+
+    Call arguments:
+        x: float (B, L, width).
+        attention_mask: bool broadcastable to (B, heads, L, L), or (…, L, S) with a cache.
+        cache, cache_update_index: the attention's key/value cache, a pair ``(keys, values)``
+            of (B, heads, S, head_dim) tensors (`empty_cache`), and where to write this call's
+            L positions; see `MultiHeadAttention` (whose semantics follow keras-hub's
+            ``CachedMultiHeadAttention``). Prefill (L > 1) and single-step decoding (L = 1) are
+            the same call.
+
+    Returns:
+        float (B, L, width); with a cache ``(output, updated_cache)``.
+
+    Raises:
+        ValueError: from `MultiHeadAttention` (bad cache shape or index, a mask with a kernel).
+
     Example:
         >>> block = ResidualAttentionBlock(width=512, num_heads=8)
         >>> y = block(x, attention_mask=causal)   # x: (B, T, 512)
+        >>> y, cache = block(x[:, t:t + 1], attention_mask=causal[t:t + 1],
+        ...                  cache=cache, cache_update_index=t)   # block.empty_cache(B, T)
     """
 
     def __init__(self, width, num_heads, mlp_ratio=4.0, activation="quick_gelu",
@@ -61,9 +83,20 @@ class ResidualAttentionBlock(keras.layers.Layer):
         self.c_proj.build((None, None, int(self.width * self.mlp_ratio)))
         self.built = True
 
-    def call(self, x, attention_mask=None):
-        x = x + self.attn(self.ln_1(x), attention_mask=attention_mask)
-        return x + self.c_proj(self._act(self.c_fc(self.ln_2(x))))
+    def empty_cache(self, batch_size, length):
+        """A zeroed ``(keys, values)`` cache for ``length`` positions (see
+        `MultiHeadAttention.empty_cache`)."""
+        return self.attn.empty_cache(batch_size, length)
+
+    def call(self, x, attention_mask=None, cache=None, cache_update_index=None):
+        if cache is None:
+            x = x + self.attn(self.ln_1(x), attention_mask=attention_mask,
+                              cache_update_index=cache_update_index)
+            return x + self.c_proj(self._act(self.c_fc(self.ln_2(x))))
+        y, cache = self.attn(self.ln_1(x), attention_mask=attention_mask, cache=cache,
+                             cache_update_index=cache_update_index)
+        x = x + y
+        return x + self.c_proj(self._act(self.c_fc(self.ln_2(x)))), cache
 
     def get_config(self):
         config = super().get_config()
@@ -76,6 +109,18 @@ class ResidualAttentionBlock(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="keras_clip")
 class Transformer(keras.layers.Layer):
     """A stack of ``num_layers`` ResidualAttentionBlocks sharing one attention mask.
+
+    Call arguments:
+        x: float (B, L, width); attention_mask: as `ResidualAttentionBlock`.
+        cache: optional list of ``num_layers`` caches, one ``(keys, values)`` pair of
+            (B, heads, S, head_dim) tensors per block (`empty_cache`);
+        cache_update_index: where this call's L positions go (see `MultiHeadAttention`).
+
+    Returns:
+        float (B, L, width); with caches ``(output, list of updated caches)``.
+
+    Raises:
+        ValueError: a cache list whose length is not ``num_layers``; the blocks' errors.
 
     Example:
         >>> t = Transformer(width=512, num_layers=12, num_heads=8)
@@ -102,10 +147,24 @@ class Transformer(keras.layers.Layer):
             block.build(input_shape)
         self.built = True
 
-    def call(self, x, attention_mask=None):
-        for block in self.resblocks:
-            x = block(x, attention_mask=attention_mask)
-        return x
+    def empty_cache(self, batch_size, length):
+        """One zeroed ``(keys, values)`` cache per block, for ``length`` positions."""
+        return [block.empty_cache(batch_size, length) for block in self.resblocks]
+
+    def call(self, x, attention_mask=None, cache=None, cache_update_index=None):
+        if cache is None:
+            for block in self.resblocks:
+                x = block(x, attention_mask=attention_mask, cache_update_index=cache_update_index)
+            return x
+        if len(cache) != len(self.resblocks):
+            raise ValueError(f"{self.name}: cache must be a list of {len(self.resblocks)} "
+                             f"per-block caches, got {len(cache)}")
+        updated = []
+        for block, block_cache in zip(self.resblocks, cache):
+            x, block_cache = block(x, attention_mask=attention_mask, cache=block_cache,
+                                   cache_update_index=cache_update_index)
+            updated.append(block_cache)
+        return x, updated
 
     def get_config(self):
         config = super().get_config()

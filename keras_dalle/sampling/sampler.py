@@ -1,11 +1,14 @@
 """DALL·E sampling: the whole autoregressive loop as one XLA-compiled `tf.while_loop`.
 
-Cached path (`use_cache=True`): one *prefill* pass runs every block over the known prefix (the
-text, the start-of-image token and any image prefix) with the exact pattern masks sliced to the
-prefix and writes each layer's keys and values into a preallocated, static-shape cache
-(B, heads, T, d) per layer — every layer type (row, column, conv, full) is cached. Each later
-step embeds one token, runs it through the blocks against the cache with that position's row of
-the layer's pattern mask, and samples the next image token. Nothing is recomputed.
+Cached path (`use_cache=True`): one *prefill* call of `DALLE.call_with_cache` runs the known
+prefix (the text, the start-of-image token and any image prefix) through every block and writes
+each layer's keys and values into a preallocated, static-shape cache per layer (a pair of
+(B, heads, T, d) tensors, `DALLE.empty_cache`) — every layer type (row, column, conv, full) is
+cached. Each later step is one more `call_with_cache` with one token at its stream position:
+the layers write its keys and values into their caches and attend with the rows of their own
+pattern mask (`PatternAttention.mask_rows`). Nothing is recomputed, and the sampler calls only
+the model's public methods (the design of keras-hub's ``CachedMultiHeadAttention`` and
+``call_with_cache``).
 
 Uncached path (`use_cache=False`, the reference): every step runs the full model over the whole
 stream (future positions hold placeholder tokens, which causality keeps out of the result) and
@@ -21,9 +24,6 @@ import weakref
 
 import numpy as np
 import tensorflow as tf
-from keras import ops
-
-from keras_clip.layers.attention import dot_product_attention
 
 __all__ = ["sample_image_tokens", "filter_logits"]
 
@@ -84,104 +84,35 @@ def _draw(logits, seed, step, temperature, top_k, top_p):
     return tf.argmax(filtered + noise, axis=-1, output_type=tf.int32)
 
 
-def _merge_heads(y):
-    # (B, heads, L, d) → (B, L, heads·d)
-    b, heads, length, d = ops.shape(y)
-    return ops.reshape(ops.transpose(y, (0, 2, 1, 3)), (b, length, heads * d))
-
-
-def _mlp(block, x):
-    return x + block.c_proj(block._act(block.c_fc(block.ln_2(x))))
-
-
 class _Sampler:
     """The compiled prefill + decode loop for one model and one (batch, prefix) shape."""
 
     def __init__(self, model):
         self.model = model
-        self.masks = [tf.constant(block.attention_kernel.mask())
-                      for block in model.blocks]  # one (T, T) bool mask per layer
         self.compiled = {}  # (use_cache, xla, temperature, top_k, top_p) → tf.function
 
-    # --- embeddings ---------------------------------------------------------------------------
-    def _image_input(self, previous_tokens, positions):
-        """Embeddings [B, L, d] of image-stream positions given the token before each (−1 = SOI)."""
-        m = self.model
-        w = m.grid_width
-        tok = ops.take(m.image_token_embedding, tf.maximum(previous_tokens, 0), axis=0)
-        soi = ops.broadcast_to(m.start_of_image_embedding, ops.shape(tok))
-        x = ops.where(ops.expand_dims(previous_tokens < 0, -1), soi, tok)
-        rows = ops.take(m.image_row_embedding, positions // w, axis=0)
-        cols = ops.take(m.image_column_embedding, positions % w, axis=0)
-        return ops.cast(x + rows + cols, m.compute_dtype)
-
-    def _logits(self, x):
-        m = self.model
-        x = m.ln_final(x)
-        if m.tie_embeddings:
-            logits = ops.matmul(x, ops.cast(ops.transpose(m.image_token_embedding), x.dtype))
-        else:
-            logits = m.image_head(x)
-        return ops.cast(logits, "float32")
-
     # --- cached ---------------------------------------------------------------------------
-    def prefill(self, text, image_prefix):
-        """Run the known prefix; returns (logits of the next image token [B, V], caches)."""
-        m = self.model
-        batch, prefix_len = tf.shape(text)[0], image_prefix.shape[1]
-        length = m.text_len + prefix_len + 1  # text, SOI, prefix tokens
-        full_image = tf.concat(
-            [image_prefix, tf.zeros([batch, m.num_image_tokens - prefix_len], tf.int32)], axis=1)
-        x = m.embed(text, full_image)[:, :length]  # [B, L, d]
-        caches = []
-        for block, mask in zip(m.blocks, self.masks):
-            attn = block.attn
-            hidden = block.ln_1(x)
-            q = attn._split_heads(attn.query(hidden))  # (B, heads, L, d)
-            k = attn._split_heads(attn.key(hidden))
-            v = attn._split_heads(attn.value(hidden))
-            y = dot_product_attention(q, k, v, mask[:length, :length])
-            x = _mlp(block, x + attn.out(_merge_heads(y)))
-            pad = [[0, 0], [0, 0], [0, m.sequence_length - length], [0, 0]]
-            caches.append((tf.pad(k, pad), tf.pad(v, pad)))  # (B, heads, T, d)
-        return self._logits(x[:, -1]), caches
-
-    def step(self, previous_token, raster, caches):
-        """One decode step at image position `raster`: (logits [B, V], updated caches)."""
-        m = self.model
-        position = m.text_len + raster  # stream index
-        x = self._image_input(previous_token[:, None], tf.reshape(raster, [1]))  # [B, 1, d]
-        onehot = tf.reshape(tf.one_hot(position, m.sequence_length, on_value=True,
-                                       off_value=False, dtype=tf.bool), [1, 1, -1, 1])
-        updated = []
-        for block, mask, (k_cache, v_cache) in zip(m.blocks, self.masks, caches):
-            attn = block.attn
-            hidden = block.ln_1(x)
-            q = attn._split_heads(attn.query(hidden))  # (B, heads, 1, d)
-            k_cache = tf.where(onehot, attn._split_heads(attn.key(hidden)), k_cache)
-            v_cache = tf.where(onehot, attn._split_heads(attn.value(hidden)), v_cache)
-            row = tf.reshape(tf.gather(mask, position), [1, 1, 1, -1])  # this position's keys
-            y = dot_product_attention(q, k_cache, v_cache, row)
-            x = _mlp(block, x + attn.out(_merge_heads(y)))
-            updated.append((k_cache, v_cache))
-        return self._logits(x[:, 0]), updated
-
     def run_cached(self, text, image_prefix, seed, temperature, top_k, top_p):
+        """int32 image tokens [B, N] for text [B, n] and a raster prefix [B, P] (P static)."""
         m = self.model
         batch, prefix_len, total = tf.shape(text)[0], image_prefix.shape[1], m.num_image_tokens
-        logits, caches = self.prefill(text, image_prefix)
-        first = _draw(logits, seed, tf.constant(prefix_len), temperature, top_k, top_p)
+        # Prefill: the text, the start-of-image token and the prefix, written at position 0.
+        prompt = m.stream_token_ids(text, image_prefix)  # [B, n + 1 + P]
+        logits, _, cache = m.call_with_cache(prompt, m.empty_cache(batch), 0)
+        first = _draw(logits[:, -1], seed, tf.constant(prefix_len), temperature, top_k, top_p)
         tokens = tf.concat([image_prefix, first[:, None],
                             tf.zeros([batch, total - prefix_len - 1], tf.int32)], axis=1)
 
-        def body(j, tokens, caches):
-            logits, caches = self.step(tokens[:, j - 1], j, caches)
-            token = _draw(logits, seed, j, temperature, top_k, top_p)
+        def body(j, tokens, cache):
+            # Image token j is predicted at stream position n + j, whose input is token j − 1.
+            previous = tf.gather(tokens, tf.reshape(j - 1, [1]), axis=1)  # [B, 1]
+            logits, _, cache = m.call_with_cache(previous, cache, m.text_len + j)
+            token = _draw(logits[:, 0], seed, j, temperature, top_k, top_p)
             tokens = tf.where(tf.range(total)[None] == j, token[:, None], tokens)
-            return j + 1, tokens, caches
+            return j + 1, tokens, cache
 
         _, tokens, _ = tf.while_loop(lambda j, *_: j < total, body,
-                                     (tf.constant(prefix_len + 1), tokens, caches))
+                                     (tf.constant(prefix_len + 1), tokens, cache))
         return tokens
 
     # --- uncached (reference) ---------------------------------------------------------------

@@ -78,6 +78,11 @@ class DALLE(BuiltInInitModel, keras.Model):
     (entry i predicts text_{i+1}) and `image_logits` [B, N, image_vocab_size] (entry j predicts
     raster token j), float32.
 
+    Cached decoding (keras-hub style): `empty_cache(B)` gives one key/value cache per layer,
+    `call_with_cache(stream_ids, cache, index)` runs a run of stream positions (a prefill, or
+    one token) against them and returns image logits and the updated caches;
+    `stream_token_ids(text, image)` lays the ids out as the stream's inputs.
+
     Example:
         >>> model = DALLE.from_preset("dalle-tiny")
         >>> out = model({"text_token_ids": np.zeros((2, 8), "int32"),
@@ -288,6 +293,97 @@ class DALLE(BuiltInInitModel, keras.Model):
         image_loss = sparse_cross_entropy(image_logits, image)
         loss = self.text_loss_weight * text_loss + self.image_loss_weight * image_loss
         return loss, text_loss, image_loss
+
+    # --- cached decoding ----------------------------------------------------------------------
+    def empty_cache(self, batch_size):
+        """Zeroed key/value caches for `call_with_cache`: a list of ``num_layers`` pairs
+        ``(keys, values)``, each (batch_size, num_heads, T, width // num_heads) in the compute
+        dtype (the layout of `keras_clip.layers.attention.MultiHeadAttention`).
+        ``batch_size`` may be an int or an int32 scalar tensor."""
+        return [block.empty_cache(batch_size, self.sequence_length) for block in self.blocks]
+
+    def stream_token_ids(self, text_token_ids, image_tokens):
+        """The stream's input ids [B, min(n + 1 + P, T)] for `call_with_cache`: the text ids
+        [B, n], a 0 at the start-of-image position n (it has its own embedding, so the id there
+        is ignored), then the image tokens [B, P] in raster order (position n + 1 + j holds
+        image token j; the last image token is no input, so at most N − 1 are used)."""
+        text = ops.cast(text_token_ids, "int32")
+        image = ops.cast(image_tokens, "int32")
+        soi = ops.zeros((ops.shape(text)[0], 1), "int32")
+        stream = ops.concatenate([text, soi, image], axis=1)  # [B, n + 1 + P]
+        return stream[:, :self.sequence_length]
+
+    def _embed_positions(self, token_ids, positions):
+        """Input embeddings [B, L, width] of stream ids [B, L] at stream positions (L,): the same
+        sums as `embed` (text: token or pad + position; image: SOI or the previous token, plus
+        row + column), for any run of positions."""
+        n, w = self.text_len, self.grid_width
+        is_text = ops.reshape(positions < n, (1, -1, 1))  # (1, L, 1)
+        # Positions outside the stream are clipped here; the blocks reject such an index.
+        text_position = ops.clip(positions, 0, n - 1)  # (L,)
+        text_tokens = ops.take(self.text_token_embedding,
+                               ops.clip(token_ids, 0, self.text_vocab_size - 1), axis=0)  # [B, L, d]
+        is_pad = ops.expand_dims(ops.equal(token_ids, self.pad_id), -1)  # [B, L, 1]
+        pad = ops.take(self.pad_embedding, text_position, axis=0)  # (L, d)
+        text_x = (ops.where(is_pad, pad, text_tokens)
+                  + ops.take(self.text_position_embedding, text_position, axis=0))
+        raster = ops.clip(positions - n, 0, self.num_image_tokens - 1)  # (L,) predicted cell
+        image_tokens = ops.take(self.image_token_embedding,
+                                ops.clip(token_ids, 0, self.image_vocab_size - 1), axis=0)
+        is_soi = ops.reshape(positions == n, (1, -1, 1))  # (1, L, 1)
+        grid = (ops.take(self.image_row_embedding, raster // w, axis=0)
+                + ops.take(self.image_column_embedding, raster % w, axis=0))  # (L, d)
+        image_x = ops.where(is_soi, self.start_of_image_embedding, image_tokens) + grid
+        return ops.cast(ops.where(is_text, text_x, image_x), self.compute_dtype)
+
+    def call_with_cache(self, token_ids, cache, cache_update_index):
+        """Forward pass over the stream positions [index, index + L) against per-layer caches
+        (keras-hub's ``GPT2CausalLM.call_with_cache``, over `MultiHeadAttention`'s cache that
+        follows keras-hub's ``CachedMultiHeadAttention``): embeds the ids at their positions,
+        runs every block with its cache (each layer's pattern supplies its mask rows) and
+        returns the image-head logits. Prefill (L > 1) and decoding (L = 1) are the same call.
+
+        Args:
+            token_ids: int [B, L] stream input ids at those positions (see
+                `stream_token_ids`): text ids at positions < n, anything at the start-of-image
+                position n, image token j − 1 at position n + j.
+            cache: list of ``num_layers`` caches, each a pair ``(keys, values)`` of float
+                (B, num_heads, T, head_dim) tensors (from `empty_cache`, or a previous call).
+            cache_update_index: int or int32 scalar tensor, the first position (0 ≤ index ≤ T − L).
+
+        Returns:
+            ``(image_logits, hidden_states, cache)``: float32 [B, L, image_vocab_size] (entry
+            i, at stream position p = index + i ≥ n, predicts image token p − n; at text
+            positions the image head has no target), [B, L, width] after ``ln_final``, and the
+            list of updated caches.
+
+        Raises:
+            ValueError: a cache list that is not ``num_layers`` long, a bad cache shape or
+                index (see `keras_clip.layers.attention.MultiHeadAttention`).
+
+        Example:
+            >>> cache = model.empty_cache(2)
+            >>> stream = model.stream_token_ids(text, image_prefix)      # [2, n + 1 + P]
+            >>> logits, _, cache = model.call_with_cache(stream, cache, 0)  # prefill
+            >>> logits, _, cache = model.call_with_cache(next_ids, cache, n + 1 + P)  # one step
+        """
+        if len(cache) != len(self.blocks):
+            raise ValueError(f"cache must be a list of {len(self.blocks)} per-layer caches "
+                             f"(empty_cache), got {len(cache)}")
+        token_ids = ops.cast(token_ids, "int32")
+        length = token_ids.shape[1] if token_ids.shape[1] is not None else ops.shape(token_ids)[1]
+        positions = ops.cast(cache_update_index, "int32") + ops.arange(length, dtype="int32")
+        x = self._embed_positions(token_ids, positions)  # [B, L, d]
+        updated = []
+        for block, block_cache in zip(self.blocks, cache):
+            x, block_cache = block(x, cache=block_cache, cache_update_index=cache_update_index)
+            updated.append(block_cache)
+        x = self.ln_final(x)
+        if self.tie_embeddings:
+            logits = ops.matmul(x, ops.cast(ops.transpose(self.image_token_embedding), x.dtype))
+        else:
+            logits = self.image_head(x)
+        return ops.cast(logits, "float32"), x, updated
 
     # --- sampling -----------------------------------------------------------------------------
     def generate(self, prompts, num_samples=1, temperature=1.0, top_k=None, top_p=None, seed=0,

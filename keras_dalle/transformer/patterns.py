@@ -232,11 +232,14 @@ class PatternAttention:
       recomputes the probabilities, and the heads run one after the other (a loop), so peak
       memory holds one head's logits.
 
-    "full" is causal dense attention in both impls.
+    "full" is causal dense attention in both impls. For cached decoding (a
+    `MultiHeadAttention` called with a cache) ``mask_rows(start, length)`` gives the mask rows
+    of the query positions; ``mask()`` is the whole (T, T) mask as numpy.
 
     Example:
         >>> kernel = PatternAttention("row", text_len=5, grid_height=3, grid_width=4)
         >>> out = kernel(q, k, v)            # q, k, v: (B, heads, 17, d)
+        >>> rows = kernel.mask_rows(9, 1)    # (1, 17) bool: what position 9 may attend to
     """
 
     def __init__(self, pattern, text_len, grid_height, grid_width, kernel_size=11,
@@ -273,6 +276,48 @@ class PatternAttention:
         attend to a key (column); T = text_len + grid_height·grid_width."""
         return pattern_mask(self.pattern, self.text_len, self.grid_height, self.grid_width,
                             self.kernel_size)
+
+    def mask_rows(self, start, length):
+        """Rows start … start+length−1 of ``mask()`` as a bool tensor (length, T), computed from
+        the positions (no T × T constant): what cached decoding needs, since the cached
+        `MultiHeadAttention` asks its kernel for the mask rows of its query positions (keras-hub's
+        ``CachedMultiHeadAttention`` gets them from its decoder layer instead).
+
+        Args:
+            start: int or int32 scalar tensor, the first query's stream position.
+            length: int, the number of query positions.
+
+        Returns:
+            bool (length, T), T = text_len + grid_height·grid_width; row i is ``mask()[start + i]``
+            (rows past T are not checked here: `MultiHeadAttention` checks the cache index).
+
+        Example:
+            >>> PatternAttention("row", 2, 2, 2).mask_rows(3, 1).numpy().astype(int)
+            array([[1, 1, 1, 1, 0, 0]])
+        """
+        n, h, w = self.text_len, self.grid_height, self.grid_width
+        p = tf.cast(start, tf.int32) + tf.range(length, dtype=tf.int32)[:, None]  # (L, 1) queries
+        q = tf.range(self.seq_len, dtype=tf.int32)[None, :]  # (1, T) keys
+        i, j = p - n, q - n  # raster indices of image positions (negative for text)
+        if self.pattern == "full":
+            image = j <= i
+        elif self.pattern == "row":
+            image = (i - j >= 0) & (i - j <= w)
+        elif self.pattern == "column":
+            def column_major(x):  # raster r·w + c → c·h + r
+                return (x % w) * h + x // w
+            d = column_major(i) - column_major(j)  # (L, T)
+            image = (d >= 0) & (d <= h) & (j <= i)
+        else:  # conv: d = i − j ∈ {dr·w + dc : 0 ≤ dr ≤ k2, |dc| ≤ k2}, d ≥ 0
+            k2 = self.kernel_size // 2
+            d = i - j
+            image = tf.zeros_like(d, dtype=tf.bool)
+            for dr in range(k2 + 1):
+                image |= tf.abs(d - dr * w) <= k2
+            image &= d >= 0
+        text_query = q <= p  # text attends causally, to text only (q ≤ p < n)
+        image_query = (q < n) | image  # every text key, and the pattern's image keys
+        return tf.where(p < n, text_query, image_query)  # (L, T)
 
     def __call__(self, q, k, v):
         for name, x in (("q", q), ("k", k), ("v", v)):
