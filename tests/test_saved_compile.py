@@ -99,10 +99,7 @@ def test_clip_xla_towers_default_is_restored(tmp_path):
 @pytest.mark.parametrize("build", [
     lambda: keras_clip.CLIP.from_preset("ViT-Tiny"),
     lambda: dvae_from_preset("dvae-tiny"),
-    pytest.param(lambda: DALLE.from_preset("dalle-tiny"), marks=pytest.mark.xfail(
-        strict=True, reason="DALLE.get_compile_config adds 'xla' to the {} of an uncompiled model, "
-                            "so it loads compiled with a default AdamW "
-                            "(keras_dalle/transformer/model.py: `if config:` would fix it)")),
+    lambda: DALLE.from_preset("dalle-tiny"),
 ], ids=["clip", "dvae", "dalle"])
 def test_an_uncompiled_model_loads_uncompiled(build, tmp_path):
     model = build()

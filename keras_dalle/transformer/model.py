@@ -427,7 +427,7 @@ class DALLE(BuiltInInitModel, keras.Model):
 
     def get_compile_config(self):
         config = super().get_compile_config()
-        if config is not None:
+        if config:  # {} / None: never compiled, and a loaded model stays uncompiled
             config["xla"] = self.xla
         return config
 
