@@ -202,10 +202,10 @@ def photo_images():
     return out
 
 
-def _photo_crops(size, n, seed=0):
-    """n random crops (+ flips) of the photos, resized to size: calibration views of the photos
-    that differ from the centre crops the parity check uses."""
-    import tensorflow as tf
+def _photo_crops(n, seed=0):
+    """n random square crops (+ flips) of the photos, as uint8 arrays of their own sizes:
+    calibration views of the photos that differ from the centre crops the parity check uses
+    (the preprocessor then resizes them)."""
     rng = np.random.default_rng(seed)
     photos = photo_images()
     out = []
@@ -217,31 +217,33 @@ def _photo_crops(size, n, seed=0):
         crop = img[top:top + side, left:left + side]
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
-        out.append(tf.image.resize(crop[None].astype(np.float32), (size, size), antialias=True,
-                                   method="area")[0].numpy())
-    return np.clip(np.round(np.stack(out)), 0, 255).astype(np.uint8)
+        out.append(np.ascontiguousarray(crop))
+    return out
 
 
-def _normalise(uint8_images):
-    from keras_clip.preprocessing import OPENAI_MEAN, OPENAI_STD
-    x = uint8_images.astype(np.float32) / 255.0
-    return ((x - np.float32(OPENAI_MEAN)) / np.float32(OPENAI_STD)).astype(np.float32)
+# Every image below goes through CLIP's one image path (CLIPImagePreprocessor): PIL's exact
+# bicubic resize and centre crop, then OpenAI's normalisation (CLIP) or none (the dVAE's [0, 1]).
+def _clip_inputs(images, size):
+    """uint8 images (a batch, or a list of any sizes) → CLIP-normalised float32 [N, S, S, 3]."""
+    from keras_clip.preprocessing import preprocess_images
+    return preprocess_images(images, image_size=size).astype(np.float32)
 
 
-def _resize01(uint8_images, size):
-    import tensorflow as tf
-    x = tf.image.resize(uint8_images.astype(np.float32) / 255.0, (size, size), method="area",
-                        antialias=True)
-    return np.clip(x.numpy(), 0.0, 1.0).astype(np.float32)
+def _unit_images(images, size):
+    """uint8 images (a batch, or a list of any sizes) → float32 [N, S, S, 3] in [0, 1] (8-bit
+    levels / 255), resized and cropped as for CLIP: the dVAE's input."""
+    from keras_clip.preprocessing import preprocess_images
+    return preprocess_images(images, image_size=size, mean=(0.0, 0.0, 0.0),
+                             std=(1.0, 1.0, 1.0)).astype(np.float32)
 
 
 def _shapes(num, split, size, seed):
-    """Shapes data at `size` px as uint8 (drawn at ≥ 16 px, the generator's minimum)."""
+    """Shapes data at `size` px as uint8 (drawn at ≥ 16 px, the generator's minimum, and then
+    resized by the preprocessor)."""
     from keras_clip.data.shapes import generate_shapes
     data = generate_shapes(num, split=split, image_size=max(size, 16), seed=seed)
-    if size < 16:
-        data["images"] = np.clip(np.round(_resize01(data["images"], size) * 255), 0,
-                                 255).astype(np.uint8)
+    if size < 16:  # the preprocessor's [0, 1] values are exact 8-bit levels / 255
+        data["images"] = np.round(_unit_images(data["images"], size) * 255).astype(np.uint8)
     return data
 
 
@@ -251,21 +253,19 @@ def _dvae_tokens(model, images01):
 
 def evaluation_inputs(model, part):
     """{"photos": batch, "shapes": batch} of inputs for the parity check (numpy)."""
-    from keras_clip.preprocessing import preprocess_images
     from keras_clip.text.tokenizer import tokenize
     _check_part(model, part)
     size = model.image_size
     shapes = _shapes(NUM_SHAPES, "val", size, seed=0)
     if part == "image":
-        return {"photos": preprocess_images(photo_images(), image_size=size).astype(np.float32),
-                "shapes": _normalise(shapes["images"])}
+        return {"photos": _clip_inputs(photo_images(), size),
+                "shapes": _clip_inputs(shapes["images"], size)}
     if part == "text":
         ctx = model.context_length
         return {"photos": tokenize(list(PHOTO_CAPTIONS), context_length=ctx, truncate=True),
                 "shapes": tokenize(shapes["captions"], context_length=ctx, truncate=True)}
-    photos = np.concatenate([_resize01(p[None], size) for p in photo_images()])
-    return {"photos": _dvae_tokens(model, photos),
-            "shapes": _dvae_tokens(model, shapes["images"].astype(np.float32) / 255.0)}
+    return {"photos": _dvae_tokens(model, _unit_images(photo_images(), size)),
+            "shapes": _dvae_tokens(model, _unit_images(shapes["images"], size))}
 
 
 def representative_inputs(model, part, source="shapes", num=NUM_CALIBRATION):
@@ -287,10 +287,10 @@ def representative_inputs(model, part, source="shapes", num=NUM_CALIBRATION):
     if source == "shapes":
         images = _shapes(num, "train", size, seed=1)["images"]
     else:
-        images = _photo_crops(size, num)
+        images = _photo_crops(num)
     if part == "image":
-        return _normalise(images)
-    return _dvae_tokens(model, images.astype(np.float32) / 255.0)
+        return _clip_inputs(images, size)
+    return _dvae_tokens(model, _unit_images(images, size))
 
 
 # ------------------------------------------------------------------------------------- convert

@@ -8,7 +8,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_clip.loss import contrastive_loss
-from keras_clip.preprocessing import OPENAI_MEAN, OPENAI_STD
+from keras_clip.preprocessing import normalize_uint8
 from keras_clip.presets import get_preset
 from keras_clip.compat import BuiltInInitModel, build_optimizer_slots, weight_decay_excluded
 from keras_clip.strategy import replica_logs
@@ -245,10 +245,10 @@ class CLIP(BuiltInInitModel, keras.Model):
         return [self.loss_tracker]
 
     def _normalise_batch(self, images):
-        """uint8 NHWC → CLIP-normalised float (images already sized for the model)."""
+        """uint8 NHWC → CLIP-normalised float (images already sized for the model), by the
+        preprocessing module's ``normalize_uint8``; float images are taken as normalised."""
         if images.dtype == tf.uint8:
-            images = tf.cast(images, "float32") / 255.0
-            images = (images - tf.constant(OPENAI_MEAN)) / tf.constant(OPENAI_STD)
+            images = normalize_uint8(images)
         return tf.cast(images, self.compute_dtype)
 
     def embed_pair(self, images, token_ids, training=False):

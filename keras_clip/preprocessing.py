@@ -28,10 +28,18 @@ identical 8-bit levels for every mode above; see the README's "Image preprocessi
 Not covered: palette BMPs (TF's BMP decoder ignores the palette), animated WebP/PNG beyond the
 first frame, GIF first frames smaller than the canvas.
 
+This is the one image path of the project: training, evaluation, DALL·E reranking, TFLite
+calibration/parity and the export signatures all go through ``CLIPImagePreprocessor`` (or, for
+uint8 images already at the model's size, ``normalize_uint8``, the same ``ToTensor`` +
+``Normalize`` arithmetic). ``tests/test_one_image_path.py`` checks that no other module resizes
+or normalises images for CLIP.
+
 Example:
     >>> pre = CLIPImagePreprocessor(image_size=224)
     >>> x = pre(tf.constant([open("cat.jpg", "rb").read()]))   # (1, 224, 224, 3) float32
     >>> x = preprocess_images(uint8_images)                      # (B, 224, 224, 3) numpy
+    >>> x = pre(unit_to_uint8(decoded))       # float [0, 1] images (dVAE output): as 8-bit PIL
+    >>> x = normalize_uint8(uint8_at_224)     # uint8 already 224 px: ToTensor + Normalize only
 """
 
 import io
@@ -47,6 +55,42 @@ _RESIZE_METHODS = ("bicubic", "bilinear", "nearest", "area", "lanczos3", "lanczo
                    "gaussian", "mitchellcubic")
 _FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 _ARRAY_CHANNELS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+
+
+def unit_to_uint8(images):
+    """Float images in [0, 1] → uint8 8-bit levels: ``floor(x * 255 + 0.5)`` (round half up),
+    clipped to 0..255. TF ops.
+
+    OpenAI's pipeline starts from a PIL image, i.e. 8-bit levels; this is the uint8 image a float
+    image (e.g. ``DiscreteVAE.decode`` output) stands for. ``uint8 / 255`` floats come back
+    exactly. ``CLIPImagePreprocessor`` applies it to every float input.
+    """
+    x = tf.cast(tf.convert_to_tensor(images), tf.float32)
+    return tf.cast(tf.clip_by_value(tf.floor(x * 255.0 + 0.5), 0.0, 255.0), tf.uint8)
+
+
+def _normalize_levels(levels, mean, std):
+    """float32 8-bit levels (0..255) → ``Normalize(mean, std)(ToTensor(image))``: the one
+    implementation of CLIP's normalisation (the layer, ``normalize_uint8``)."""
+    mean = tf.constant(mean, tf.float32)
+    std = tf.constant(std, tf.float32)
+    return (levels / 255.0 - mean) / std
+
+
+def normalize_uint8(images, mean=OPENAI_MEAN, std=OPENAI_STD):
+    """uint8 images (..., 3) already at the model's size → CLIP-normalised float32.
+
+    torchvision's ``ToTensor`` + ``Normalize``, nothing else: for pixels that need no resize or
+    crop (e.g. the built-in shapes data, drawn at the model's size) this is exactly what
+    ``CLIPImagePreprocessor(image_size)`` gives, without its resize machinery. TF ops.
+    """
+    images = tf.convert_to_tensor(images)
+    if images.dtype != tf.uint8:
+        raise ValueError(f"normalize_uint8: expected uint8 pixels, got {images.dtype.name} (float "
+                         "images in [0, 1]: CLIPImagePreprocessor, or unit_to_uint8 first)")
+    if images.shape.rank is not None and images.shape[-1] not in (None, 3):
+        raise ValueError(f"normalize_uint8: expected RGB images (..., 3), got shape {images.shape}")
+    return _normalize_levels(tf.cast(images, tf.float32), mean, std)
 
 
 def _resized_hw(h, w, size):
@@ -510,10 +554,11 @@ class CLIPImagePreprocessor(keras.layers.Layer):
       * float (B, H, W, C), same channel meanings, assumed in [0, 1].
 
     Every input is processed as PIL processes a uint8 image (float inputs are first rounded to
-    8-bit levels, as OpenAI's PIL pipeline would store them), so bytes, uint8 and ``uint8 / 255``
-    floats give identical outputs: the same 8-bit levels as OpenAI's preprocessing (PIL 13) with
-    the defaults (bicubic, antialias). Other ``resize_method`` values and ``antialias=False`` go
-    through tf.image.resize and are only close to PIL's filter of that name.
+    8-bit levels by ``unit_to_uint8``, as OpenAI's PIL pipeline would store them), so bytes,
+    uint8 and ``uint8 / 255`` floats give identical outputs: the same 8-bit levels as OpenAI's
+    preprocessing (PIL 13) with the defaults (bicubic, antialias). Other ``resize_method`` values
+    and ``antialias=False`` go through tf.image.resize and are only close to PIL's filter of that
+    name.
 
     Only TF core ops (no py_function): it runs in tf.data, tf.function and SavedModels served by
     TF Serving.
@@ -574,9 +619,7 @@ class CLIPImagePreprocessor(keras.layers.Layer):
                           fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
         else:
             x = self._resize_array(x)
-        mean = tf.constant(self.mean, tf.float32)
-        std = tf.constant(self.std, tf.float32)
-        return (x / 255.0 - mean) / std  # (B, size, size, 3)
+        return _normalize_levels(x, self.mean, self.std)  # (B, size, size, 3)
 
     def _resize_array(self, x):
         """uint8/float (B, H, W, C) → float32 (B, size, size, 3) levels."""
@@ -593,12 +636,17 @@ class CLIPImagePreprocessor(keras.layers.Layer):
             raise ValueError("CLIPImagePreprocessor: expected 3 channels (RGB), 1 (L), 4 (RGBA) "
                              f"or 2 (LA), got {channels} (shape {x.shape})")
         if x.dtype in _FLOAT_DTYPES:
-            # [0, 1] floats → 8-bit levels, the uint8 image PIL would have been given.
-            x = tf.cast(tf.clip_by_value(tf.round(tf.cast(x, tf.float32) * 255.0), 0.0, 255.0),
-                        tf.uint8)
+            x = unit_to_uint8(x)  # [0, 1] floats → the uint8 image PIL would have been given
         elif x.dtype != tf.uint8:
             raise ValueError("CLIPImagePreprocessor: expected dtype uint8, float or string "
                              f"(encoded images), got {x.dtype.name}")
+        if x.shape[1] == self.image_size and x.shape[2] == self.image_size:
+            # Already at size (known statically): PIL's resize and crop are a copy in every mode
+            # and convert("RGB") drops alpha / repeats the grey, so skip the resize machinery.
+            x = x[..., :1] if channels <= 2 else x[..., :3]
+            if channels <= 2:
+                x = tf.tile(x, [1, 1, 1, 3])
+            return tf.cast(x, tf.float32)
         if channels == 2:  # LA → RGBA with R = G = B = L: the same premultiplied arithmetic
             x = tf.concat([tf.tile(x[..., :1], [1, 1, 1, 3]), x[..., 1:]], -1)
         return self._resize(x, _RGBA if channels in (2, 4) else _RGB)

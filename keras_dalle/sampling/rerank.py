@@ -5,30 +5,36 @@ Example:
     >>> order, best = rerank_samples(clip, images, prompts, keep=4)
 """
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 
 from keras_clip.model import l2_normalize
-from keras_clip.preprocessing import OPENAI_MEAN, OPENAI_STD
+from keras_clip.preprocessing import CLIPImagePreprocessor, unit_to_uint8
 from keras_clip.text.tokenizer import tokenize
 
 __all__ = ["clip_scores", "clip_image_embeddings", "clip_text_embeddings", "rerank_samples"]
 
 
+@functools.lru_cache(maxsize=None)
+def _preprocessor(image_size):
+    return CLIPImagePreprocessor(image_size=image_size)
+
+
 def clip_image_embeddings(clip, images):
     """L2-normalised float32 CLIP embeddings [N, D] of float images [N, H, W, 3] in [0, 1].
 
-    TF ops only (the DALL·E serving export calls it in its graph): bicubic resize to the CLIP
-    model's size when needed, OpenAI normalisation, the image tower.
+    The images go through CLIP's one image path, as OpenAI's pipeline would see them saved as
+    8-bit images: quantised to uint8 levels (``unit_to_uint8``: round half up, clip), then
+    ``CLIPImagePreprocessor`` (PIL's exact bicubic resize and centre crop to the CLIP model's
+    size when needed, OpenAI normalisation), then the image tower. TF ops only (the DALL·E
+    serving export calls it in its graph).
     """
-    x = tf.convert_to_tensor(images, tf.float32)
+    x = tf.convert_to_tensor(images)
     if x.shape.rank != 4 or x.shape[-1] != 3:
         raise ValueError(f"images must be float [N, H, W, 3] in [0, 1], got shape {x.shape}")
-    size = clip.image_size
-    if tuple(x.shape[1:3]) != (size, size):
-        x = tf.clip_by_value(tf.image.resize(x, (size, size), method="bicubic", antialias=True),
-                             0.0, 1.0)
-    x = (x - tf.constant(OPENAI_MEAN)) / tf.constant(OPENAI_STD)
+    x = _preprocessor(clip.image_size)(unit_to_uint8(x))
     return l2_normalize(tf.cast(clip.encode_image(x), tf.float32))
 
 
