@@ -174,24 +174,25 @@ class _PILResize:
         """uint8 (B, H, W, C) → uint8 (B, size, size, C): ``Image.resize(BICUBIC)`` to
         (new_h, new_w), then the crop at (top, left).
 
-        Bicubic with antialias (the default) is PIL's ImagingResample to the bit: a pass along
-        the width, then one along the height, each with PIL's fixed-point weights and stored as
-        uint8 (``_pil_pass``), computed for the crop window only (every output pixel is its own
-        sum, so this changes nothing). Other methods use tf.image.resize with the same two
-        passes and per-pass uint8 rounding (close to PIL's filter of that name, not identical).
+        Bicubic with antialias (the default) is PIL's ImagingResample to the bit: two 1-D
+        passes, each with PIL's fixed-point weights and stored as uint8 (``_pil_pass``),
+        computed for the crop window only (every output pixel is its own sum, so this changes
+        nothing). The order is Pillow 13's (ImagingResampleInner): the width first, unless the
+        height shrinks by more than twice as many pixels as the width, H − new_h > 2 (W −
+        new_w), which runs the height first; the uint8 rounding between the passes makes the
+        order visible. Pillow ≤ 12 always runs the width first. Other methods use
+        tf.image.resize with width-then-height passes and per-pass uint8 rounding (close to
+        PIL's filter of that name, not identical).
         """
         size = self.size
         if self.method == "bicubic" and self.antialias:
             shape = tf.shape(x)
             columns = _pil_weights(shape[2], new_w, left, size)  # (size, W)
             rows = _pil_weights(shape[1], new_h, top, size)      # (size, H)
-            # The vertical pass reads rows first..last only: the horizontal one skips the rest.
-            first = tf.reduce_min(rows.indices[:, 1])
-            last = tf.reduce_max(rows.indices[:, 1])
-            rows = tf.SparseTensor(rows.indices - tf.stack([tf.constant(0, tf.int64), first]),
-                                   rows.values, tf.stack([rows.dense_shape[0], last - first + 1]))
-            x = _pil_pass(x[:, first:last + 1], columns, axis=2)  # (B, rows used, size, C)
-            return _pil_pass(x, rows, axis=1)                     # (B, size, size, C)
+            shrink_h, shrink_w = shape[1] - new_h, shape[2] - new_w
+            height_first = (shrink_h > 0) & (shrink_h > 2 * shrink_w)
+            return tf.cond(height_first, lambda: _two_passes(x, rows, 1, columns, 2),
+                           lambda: _two_passes(x, columns, 2, rows, 1))
 
         def resize(y, hw):  # PIL keeps each pass in uint8: round, and clip the overshoot.
             y = tf.image.resize(y, hw, method=self.method, antialias=self.antialias)
@@ -290,6 +291,19 @@ def _pil_pass(x, weights, axis):
     y = tf.cast(tf.clip_by_value(tf.floor((y + half) / one), 0.0, 255.0), tf.uint8)
     y = tf.reshape(y, tf.concat([[tf.shape(y)[0]], shape[1:]], 0))
     return tf.transpose(y, np.argsort(perm))
+
+
+def _two_passes(x, first, first_axis, second, second_axis):
+    """``_pil_pass`` along ``first_axis`` (1 = height, 2 = width) with the weights ``first``,
+    then along ``second_axis`` with ``second``. The first pass is computed only for the
+    positions of the other axis that the second pass reads (its weights' non-zero columns)."""
+    lo = tf.reduce_min(second.indices[:, 1])
+    hi = tf.reduce_max(second.indices[:, 1]) + 1
+    second = tf.SparseTensor(second.indices - tf.stack([tf.constant(0, tf.int64), lo]),
+                             second.values, tf.stack([second.dense_shape[0], hi - lo]))
+    x = x[:, lo:hi] if second_axis == 1 else x[:, :, lo:hi]
+    x = _pil_pass(x, first, first_axis)      # (B, used, size, C) or (B, size, used, C)
+    return _pil_pass(x, second, second_axis)  # (B, size, size, C)
 
 
 def _nearest_index(n_in, n_out):

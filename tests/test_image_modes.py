@@ -190,12 +190,16 @@ MODES = {
 
 @functools.lru_cache(maxsize=None)
 def photo(kind):
-    """Non-square sources: "down" 300×451 → 224 (downscale), "up" 100×75 → 336 (upscale)."""
+    """Non-square sources: "down" 300×451 → 224 (downscale), "up" 100×75 → 336 (upscale),
+    "tall" 600×250 → 224 (the height shrinks by more than twice as many pixels as the width,
+    63 > 2 × 26: Pillow 13 resizes the height first)."""
     chelsea = skdata.chelsea()
+    if kind == "tall":
+        return np.ascontiguousarray(np.concatenate([chelsea, chelsea[::-1]], 0)[:, 100:350])
     return chelsea if kind == "down" else np.ascontiguousarray(chelsea[::3, 100:325:3])
 
 
-SIZES = {"down": 224, "up": 336}
+SIZES = {"down": 224, "up": 336, "tall": 224}
 
 
 def failing_case():
@@ -214,7 +218,7 @@ def grey16():
 @functools.lru_cache(maxsize=None)
 def measure(mode, kind):
     if mode == "RGBA PNG, transparent square (issue 13)":
-        data, size, pil_mode = failing_case(), {"down": 32, "up": 64}[kind], "RGBA"
+        data, size, pil_mode = failing_case(), {"down": 32, "up": 64, "tall": 16}[kind], "RGBA"
     else:
         pil_mode, build = MODES[mode]
         data, size = build(photo(kind)), SIZES[kind]
@@ -225,7 +229,7 @@ def measure(mode, kind):
 ALL_MODES = ["RGBA PNG, transparent square (issue 13)", *MODES]
 
 
-@pytest.mark.parametrize("kind", ["down", "up"])
+@pytest.mark.parametrize("kind", ["down", "up", "tall"])
 @pytest.mark.parametrize("mode", ALL_MODES)
 def test_mode_matches_openai_pipeline(mode, kind):
     s = measure(mode, kind)
@@ -328,11 +332,11 @@ def test_preprocess_images_takes_pil_images_in_their_mode():
 # --- the README table -------------------------------------------------------------------------
 
 def test_mode_table():
-    """Prints the README table (run with -s): both sources (down- and upscaled) per mode."""
+    """Prints the README table (run with -s): the three sources (down, up, tall) per mode."""
     rows = ["| source (PIL mode) | mean abs diff (levels) | max abs diff | values that differ "
             "| > 1 level |", "|---|---|---|---|---|"]
     for mode in ALL_MODES:
-        stats = [measure(mode, kind) for kind in ("down", "up")]
+        stats = [measure(mode, kind) for kind in ("down", "up", "tall")]
         n = sum(s["n"] for s in stats)
         mean = sum(s["mean"] * s["n"] for s in stats) / n
         differ = sum(s["differ"] * s["n"] for s in stats) / n
