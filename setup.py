@@ -17,7 +17,7 @@ setup(
         "ftfy",
         "regex",
         "safetensors",
-        "pillow",
+        "pillow>=13",  # preprocessing matches Pillow 13's resize (pass order)
     ],
     extras_require={
         "dev": ["pytest", "pytest-timeout", "scikit-image", "tensorflow-serving-api==2.21.*", "grpcio",
