@@ -151,6 +151,23 @@ def test_dall_e_state_dicts_inverts_import(tiny_vae):
             np.testing.assert_array_equal(exported[key], original[key], err_msg=key)
 
 
+def test_dall_e_state_dicts_safetensors_round_trip(tiny_vae, reference, tmp_path):
+    # The kernels are transposed HWIO → OIHW; safetensors writes an array's memory as it is, so
+    # a non-contiguous view came back as a different model (logits off by ~1.5).
+    from safetensors.numpy import save_file
+
+    enc, dec = dall_e_state_dicts(tiny_vae)
+    not_contiguous = [k for k, v in {**enc, **dec}.items() if not v.flags["C_CONTIGUOUS"]]
+    assert not_contiguous == []
+    save_file(enc, str(tmp_path / "enc.safetensors"))
+    save_file(dec, str(tmp_path / "dec.safetensors"))
+    vae = load_openai_dvae(tmp_path / "enc.safetensors", tmp_path / "dec.safetensors",
+                           image_size=tiny_vae.image_size)
+    images, tokens = reference["images"], reference["random_tokens"]
+    np.testing.assert_array_equal(vae.encoder_logits(images), tiny_vae.encoder_logits(images))
+    np.testing.assert_array_equal(vae.decode(tokens), tiny_vae.decode(tokens))
+
+
 def test_encode_decode_inside_tf_function(tiny_vae, reference):
     images = tf.constant(reference["images"])
     fn = tf.function(lambda x: tiny_vae.decode(tiny_vae.encode(x)))

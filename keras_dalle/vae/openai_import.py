@@ -154,7 +154,11 @@ def load_openai_dvae(encoder_path, decoder_path, **config_overrides):
 
 
 def dall_e_state_dicts(vae):
-    """The inverse mapping: (encoder_state, decoder_state) as {dall_e key: float32 numpy}."""
+    """The inverse mapping: (encoder_state, decoder_state) as {dall_e key: float32 numpy}.
+
+    Every array is C-contiguous (the kernels are copied after the HWIO → OIHW transpose), so
+    the dicts can go straight to `safetensors.numpy.save_file` or `np.savez`.
+    """
     if not vae.built:
         vae.build()
     out = []
@@ -162,6 +166,8 @@ def dall_e_state_dicts(vae):
         state = {}
         for key, (_, variable, is_kernel) in _expected(net).items():
             value = np.asarray(variable.numpy(), dtype=np.float32)
-            state[key] = np.transpose(value, (3, 2, 0, 1)) if is_kernel else value
+            if is_kernel:
+                value = np.transpose(value, (3, 2, 0, 1))  # HWIO → OIHW
+            state[key] = np.ascontiguousarray(value)
         out.append(state)
     return tuple(out)
