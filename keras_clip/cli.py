@@ -11,33 +11,36 @@ anything imports TensorFlow; ``keras_dalle`` and ``export`` import keras_clip fi
 
 * with ``--tf-logs`` on the command line, sets ``TF_CPP_MIN_LOG_LEVEL=0`` (every log, in child
   processes too) and changes nothing else;
-* otherwise sets ``TF_CPP_MIN_LOG_LEVEL=3`` unless the user has set it: TensorFlow drops its
-  C++ INFO, WARNING and ERROR logs for the whole run. The ERROR lines a run prints without
-  failing are notices too (e.g. "oneDNN supports DT_INT64 only on platforms with AVX-512"); a
-  real error reaches Python as an exception carrying the message; ``--tf-logs`` shows them all.
-  Then it imports TensorFlow and lists its devices with the process's stderr (file descriptor 2)
-  captured, and writes back every captured line except the ones the level in force would hide
-  had TensorFlow applied it (the ``I…`` lines printed before it read the variable, with absl's
-  "All log messages before absl::InitializeLog()" banner) and, at a user-set level below 3, the
-  cuInit error when TensorFlow has just said it found no CUDA driver (with a driver present, a
-  failing cuInit is a real problem and is kept). A user-set ``TF_CPP_MIN_LOG_LEVEL=0`` keeps
-  everything, as ``--tf-logs`` does.
+* otherwise sets ``TF_CPP_MIN_LOG_LEVEL=3`` unless the user has set it to an integer (a value that
+  is not one, e.g. ``abc``, counts as unset and is replaced; TensorFlow would read it as 0 and
+  show everything): TensorFlow drops its C++ INFO, WARNING and ERROR logs for the whole run. The
+  ERROR lines a run prints without failing are notices too (e.g. "oneDNN supports DT_INT64 only on
+  platforms with AVX-512"); a real error reaches Python as an exception carrying the message;
+  ``--tf-logs`` shows them all. Then it imports TensorFlow and lists its devices with the
+  process's stderr (file descriptor 2) captured, and writes back every captured line except the
+  ones the level in force would hide had TensorFlow applied it (the ``I…`` lines printed before it
+  read the variable, with absl's "All log messages before absl::InitializeLog()" banner) and, at a
+  user-set level below 3, the cuInit error when TensorFlow has just said it found no CUDA driver
+  (with a driver present, a failing cuInit is a real problem and is kept). A user-set
+  ``TF_CPP_MIN_LOG_LEVEL=0`` keeps everything, as ``--tf-logs`` does.
 
 A command run is recognised from ``sys.orig_argv`` (Python ≥ 3.10): the interpreter's own command
-line, set before any import, names the ``-m`` module, and only the modules in `COMMANDS` count.
+line, set before any import, names the ``-m`` module (also in combined options such as ``-Im``),
+and only the modules in `COMMANDS` count.
 A program that imports keras_clip — or ``python -m pytest`` — is left alone: its TensorFlow
 logging stays as it set it. Each command's parser lists the flag (`add_tf_logs_flag`), so
 ``--help`` shows it and argparse accepts it.
 """
 
+import argparse
 import contextlib
 import os
 import re
 import sys
 import tempfile
 
-__all__ = ["COMMANDS", "TF_LOGS_FLAG", "add_tf_logs_flag", "command_module", "quiet_tensorflow_startup",
-           "startup_noise_filter"]
+__all__ = ["COMMANDS", "TF_LOGS_FLAG", "add_tf_logs_flag", "command_module", "positive_int",
+           "quiet_tensorflow_startup", "startup_noise_filter"]
 
 # Every module of keras_clip, keras_dalle and export that runs as `python -m …`
 # (tests/test_cli.py checks this list against the modules' `if __name__ == "__main__"`).
@@ -61,21 +64,35 @@ _done = False
 
 def command_module(orig_argv=None):
     """``(module, arguments)`` of a ``python [options] -m module arguments…`` command line
-    (default ``sys.orig_argv``), or ``(None, [])`` for a script, ``-c`` or an interactive run."""
+    (default ``sys.orig_argv``), or ``(None, [])`` for a script, ``-c`` or an interactive run.
+
+    Single-letter options may be combined as Python allows: ``-Im module``, ``-Bmmodule``,
+    ``-u -Wignore -m module``; in a group, ``-W`` / ``-X`` take the rest of the group (or the next
+    argument) as their value, ``-c`` ends the search and ``-m`` takes the rest of the group (or
+    the next argument) as the module."""
     argv = list(sys.orig_argv if orig_argv is None else orig_argv)[1:]
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg == "-m":
-            return (argv[i + 1], argv[i + 2:]) if i + 1 < len(argv) else (None, [])
-        if arg.startswith("-m"):
-            return arg[2:], argv[i + 1:]
-        if arg in ("-W", "-X"):  # options with a separate value
-            i += 2
-            continue
-        if not arg.startswith("-") or arg in ("-c", "-", "--"):
-            break
         i += 1
+        if arg in ("-", "--") or not arg.startswith("-"):
+            break  # stdin or a script
+        if arg.startswith("--"):  # the long options; one takes a value
+            if arg == "--check-hash-based-pycs":
+                i += 1
+            continue
+        for j, letter in enumerate(arg[1:], start=2):
+            if letter == "c":
+                return None, []
+            if letter in "mWX":
+                value = arg[j:]
+                if not value:  # the value is the next argument
+                    if i >= len(argv):
+                        return None, []
+                    value, i = argv[i], i + 1
+                if letter == "m":
+                    return value, argv[i:]
+                break
     return None, []
 
 
@@ -125,6 +142,14 @@ def _filtered_stderr(level):
                 os.write(2, kept.encode("utf-8"))
 
 
+def _user_level():
+    """``TF_CPP_MIN_LOG_LEVEL`` as an int, or None when unset or not an integer."""
+    try:
+        return int(os.environ["TF_CPP_MIN_LOG_LEVEL"])
+    except (KeyError, ValueError):
+        return None
+
+
 def quiet_tensorflow_startup(orig_argv=None):
     """For a run of one of `COMMANDS`: imports TensorFlow with its start-up noise filtered out
     (see the module docstring). Does nothing in any other process, and only once."""
@@ -138,10 +163,10 @@ def quiet_tensorflow_startup(orig_argv=None):
     if TF_LOGS_FLAG in arguments:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
         return
-    try:
-        level = int(os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3"))
-    except ValueError:
-        return
+    level = _user_level()
+    if level is None:  # unset or not an integer (TensorFlow would read that as 0: show all)
+        level = 3
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     if level < 1 or "tensorflow" in sys.modules:
         return
     with _filtered_stderr(level):
@@ -157,3 +182,14 @@ def add_tf_logs_flag(parser):
                              "ERROR lines; hidden by default, as with TF_CPP_MIN_LOG_LEVEL=3); "
                              "TF_CPP_MIN_LOG_LEVEL=0 also shows them")
     return parser
+
+
+def positive_int(text):
+    """argparse ``type=`` for options that must be an integer >= 1; the error names the value."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer (>= 1), got {value}")
+    return value

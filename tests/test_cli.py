@@ -50,6 +50,16 @@ def test_startup_filter_drops_what_the_level_hides_and_the_driverless_cuinit():
     (["python", "script.py", "-m", "keras_clip.train"], (None, [])),
     (["python", "-c", "import keras_clip", "-m", "x"], (None, [])),
     (["python"], (None, [])),
+    # Combined single-letter options: -m ends the group, its module is the rest or the next arg.
+    (["python", "-Im", "keras_clip.convert", "a.pt"], ("keras_clip.convert", ["a.pt"])),
+    (["python", "-Bmkeras_clip.train", "--epochs", "1"], ("keras_clip.train", ["--epochs", "1"])),
+    (["python", "-uEsm", "export.serve"], ("export.serve", [])),
+    (["python", "-Wignore", "-Xdev", "-Im", "export.serve"], ("export.serve", [])),
+    (["python", "-I", "-W", "ignore", "-m", "export.serve"], ("export.serve", [])),
+    (["python", "-Wm", "script.py"], (None, [])),   # -W takes the rest of the group: "m"
+    (["python", "-Ic", "import x", "-m", "export.serve"], (None, [])),
+    (["python", "--check-hash-based-pycs", "always", "-m", "export.serve"], ("export.serve", [])),
+    (["python", "-Im"], (None, [])),
 ])
 def test_command_line_parsing(argv, expected):
     assert command_module(argv) == expected
@@ -104,14 +114,39 @@ def test_commands_start_quietly_unless_asked(tmp_path):
         assert [n for n in NOISE if n in out[name][1]], (name, out[name][1])
 
 
+def test_combined_flags_and_a_non_integer_level_start_quietly(tmp_path):
+    runs = {
+        "-Im": ([sys.executable, "-Im", "keras_clip.convert", "--help"], _env()),
+        "level abc": ([sys.executable, "-m", "keras_clip.convert", "--help"],
+                      _env(TF_CPP_MIN_LOG_LEVEL="abc")),
+    }
+    procs = {name: subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+             for name, (cmd, env) in runs.items()}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0 and "usage:" in out, (name, err[-2000:])
+        assert not [n for n in NOISE if n in err], (name, err)
+
+
 @pytest.mark.parametrize("argv, level", [
     (["python", "-c", "import keras_clip"], None),   # a program importing the package
     (["python", "-m", "pytest", "tests"], None),
     (["python", "-m", "keras_clip.train", "--tf-logs"], "0"),
     (["python", "-m", "export.serve", "--port", "0"], "3"),
+    (["python", "-Im", "export.serve"], "3"),
 ])
 def test_only_command_runs_touch_tensorflow_logging(argv, level, monkeypatch):
     monkeypatch.setattr(cli, "_done", False)
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
     cli.quiet_tensorflow_startup(argv)  # (TensorFlow is already imported here: no capture)
     assert os.environ.get("TF_CPP_MIN_LOG_LEVEL") == level
+
+
+@pytest.mark.parametrize("user_level, level", [("abc", "3"), ("", "3"), ("1", "1"), ("0", "0")])
+def test_a_non_integer_user_level_counts_as_unset(user_level, level, monkeypatch):
+    # TensorFlow reads a non-integer TF_CPP_MIN_LOG_LEVEL as 0 (show everything).
+    monkeypatch.setattr(cli, "_done", False)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", user_level)
+    cli.quiet_tensorflow_startup(["python", "-m", "keras_clip.train"])
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == level
