@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_dalle.vae import DiscreteVAE, DVAEDecoder, DVAEEncoder, map_pixels, unmap_pixels
+from keras_dalle.vae import (DiscreteVAE, DVAEDecoder, DVAEEncoder, dvae_from_preset, map_pixels,
+                             unmap_pixels)
 from keras_clip.checkpoints.reader import read_state_dict
 from keras_dalle.vae.openai_import import (dall_e_state_dicts, dvae_from_state_dicts,
                                            infer_dvae_config, load_openai_dvae)
@@ -65,10 +66,13 @@ def _compare(vae, images, ref_logits, ref_tokens, ref_decoded):
 
 # --------------------------------------------------------------------------- architecture
 def test_parameter_counts_match_openai():
-    vae = DiscreteVAE()  # image_size 256, n_hid 256, 4 groups × 2 blocks, vocab 8192
-    vae.build()
+    # image_size 256, n_hid 256, 4 groups × 2 blocks, vocab 8192. The constructor builds the
+    # model (as CLIP's and DALLE's do): no build() call before counting.
+    vae = dvae_from_preset("openai")
+    assert vae.built
     assert vae.encoder.count_params() == 53_786_240
     assert vae.decoder.count_params() == 43_829_766
+    assert vae.count_params() == 53_786_240 + 43_829_766
     assert vae.token_grid_size == 32 and vae.downsample_factor == 8
     block = vae.encoder.groups[0][0]
     assert block.post_gain == pytest.approx(1 / 64)
@@ -188,16 +192,27 @@ def test_keras_save_load_round_trip(tiny_vae, reference, tmp_path):
     np.testing.assert_array_equal(loaded(images), tiny_vae(images))
 
 
-def test_keras_save_load_model_built_by_decode(tmp_path):
-    # encode()/decode() build the model lazily with build(); that build must survive saving.
-    vae = DiscreteVAE(image_size=16, n_hid=8, group_count=2, n_blk_per_group=1, vocab_size=8,
-                      n_init=4)
-    tokens = np.arange(2 * 8 * 8).reshape(2, 8, 8) % 8
-    expected = vae.decode(tokens)
+@pytest.mark.parametrize("make", [
+    lambda: dvae_from_preset("dvae-tiny"),
+    lambda: DiscreteVAE(image_size=16, n_hid=8, group_count=2, n_blk_per_group=1, vocab_size=8,
+                        n_init=4)])
+def test_new_model_is_built_and_saves_its_weights(make, tmp_path):
+    # Saved before any call: the file must hold the weights (an unbuilt model saved none, and
+    # loading gave another random model).
+    vae = make()
+    assert vae.built and len(vae.weights) > 0
+    assert vae.count_params() == vae.encoder.count_params() + vae.decoder.count_params() > 0
     path = str(tmp_path / "fresh.keras")
     vae.save(path)
     loaded = keras.saving.load_model(path)
-    np.testing.assert_array_equal(loaded.decode(tokens), expected)
+    assert isinstance(loaded, DiscreteVAE) and loaded.get_config() == vae.get_config()
+    images = np.random.default_rng(0).uniform(size=(2, 16, 16, 3)).astype("float32")
+    tokens = np.arange(2 * 8 * 8).reshape(2, 8, 8) % vae.vocab_size
+    np.testing.assert_array_equal(loaded.encoder_logits(images), vae.encoder_logits(images))
+    np.testing.assert_array_equal(loaded.encode(images), vae.encode(images))
+    np.testing.assert_array_equal(loaded.decode(tokens), vae.decode(tokens))
+    clone = DiscreteVAE.from_config(vae.get_config())
+    assert clone.built and clone.count_params() == vae.count_params()
 
 
 # --------------------------------------------------------------------------- pixels & errors

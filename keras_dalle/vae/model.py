@@ -84,7 +84,7 @@ class DiscreteVAE(keras.Model):
     """DALL·E's discrete VAE: `encode` images to token grids and `decode` token grids to images.
 
     Args:
-        image_size: nominal (square) image size, used by `build()` and `token_grid_size`; the
+        image_size: nominal (square) image size, used by `token_grid_size`; the
             model is fully convolutional and accepts any size divisible by
             2**(group_count - 1).
         num_channels: image channels (3).
@@ -102,6 +102,9 @@ class DiscreteVAE(keras.Model):
         reconstruction_loss: "logit_laplace" (the paper) or "gaussian" (fixed σ, see
             `gaussian_nll`).
         reconstruction_sigma: σ of the "gaussian" reconstruction loss, in mapped-pixel units.
+
+    The constructor builds the model (creates its weights), as CLIP's and DALLE's do, so a new
+    model can be saved, counted (`count_params`) or have weights assigned right away.
 
     `call(images)` returns the decoder's raw output maps for the argmax tokens of `images`
     (the deterministic reconstruction pass). Training: `compile(optimizer=...)` (no loss) and
@@ -170,6 +173,9 @@ class DiscreteVAE(keras.Model):
         self.perplexity_tracker = keras.metrics.Mean(name="perplexity")
         self.codebook_usage_tracker = CodebookUsage(self.vocab_size, self.codebook_usage_window,
                                                     name="codebook_usage")
+        # Built here, like CLIP and DALLE: a new model has its weights, so `save()` writes them
+        # and `count_params()` works before any call.
+        self.build()
 
     @property
     def metrics(self):
@@ -188,17 +194,13 @@ class DiscreteVAE(keras.Model):
         return self.image_size // self.downsample_factor
 
     def build(self, input_shape=None):
-        # Idempotent: compile() builds the model, and a later explicit build() must not try to
-        # re-create the sub-models' variables.
+        # Called by __init__; idempotent, so a later build() (e.g. `build_from_config` when
+        # Keras loads a saved model) does not re-create the sub-models' variables.
         if not self.encoder.built:
             self.encoder.build((None, None, None, self.num_channels))
         if not self.decoder.built:
             self.decoder.build((None, None, None, self.vocab_size))
         self.built = True
-
-    def _ensure_built(self):
-        if not self.built:
-            self.build()
 
     # ---------------------------------------------------------------- input checks
     def _check_images(self, images):
@@ -257,7 +259,6 @@ class DiscreteVAE(keras.Model):
     # ---------------------------------------------------------------- public API
     def encoder_logits(self, images):
         """float32 NHWC images in [0, 1] → float32 logits [B, H/f, W/f, vocab_size]."""
-        self._ensure_built()
         images = self._check_images(images)
         return ops.cast(self.encoder(map_pixels(images)), "float32")
 
@@ -267,7 +268,6 @@ class DiscreteVAE(keras.Model):
 
     def decoder_outputs(self, tokens):
         """int32 token ids [B, h, w] → raw decoder maps [B, h·f, w·f, output_channels] (float32)."""
-        self._ensure_built()
         tokens = self._check_tokens(tokens)
         one_hot = ops.one_hot(tokens, self.vocab_size, dtype=self.decoder.compute_dtype)
         return ops.cast(self.decoder(one_hot), "float32")
@@ -301,7 +301,6 @@ class DiscreteVAE(keras.Model):
             raise ValueError(f"logit-Laplace training needs output_channels >= 2·num_channels "
                              f"({2 * self.num_channels}: μ and ln b per image channel), got "
                              f"{self.output_channels}")
-        self._ensure_built()  # so the optimizer sees every variable (fit never calls build)
         super().compile(optimizer=optimizer, **kwargs)
 
     def compile_from_config(self, config):

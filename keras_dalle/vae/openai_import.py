@@ -130,8 +130,7 @@ def dvae_from_state_dicts(encoder_state, decoder_state, encoder_source="<encoder
     decoder_state = numpy_state_dict(decoder_state, decoder_source)
     config = infer_dvae_config(encoder_state, decoder_state, encoder_source, decoder_source)
     config.update(config_overrides)
-    vae = DiscreteVAE(**config)
-    vae.build()
+    vae = DiscreteVAE(**config)  # built in its constructor
     shown = {k: v for k, v in config.items() if k not in ("dtype", "name")}
     _check_and_assign(vae.encoder, encoder_state, encoder_source, shown)
     _check_and_assign(vae.decoder, decoder_state, decoder_source, shown)
@@ -159,8 +158,6 @@ def dall_e_state_dicts(vae):
     Every array is C-contiguous (the kernels are copied after the HWIO → OIHW transpose), so
     the dicts can go straight to `safetensors.numpy.save_file` or `np.savez`.
     """
-    if not vae.built:
-        vae.build()
     out = []
     for net in (vae.encoder, vae.decoder):
         state = {}
