@@ -130,13 +130,35 @@ def weight_map(model):
     return out
 
 
-def infer_config(state_dict):
-    """CLIP constructor arguments from the shapes of a reference state dict."""
+def _heads(which, width, heads, source, what):
+    """``heads`` if given, else ``width // 64`` (OpenAI's 64-wide heads); ValueError when the
+    width is not a multiple of 64, since the shapes cannot tell the head count then."""
+    if heads is not None:
+        return heads
+    if width % 64:
+        raise ValueError(
+            f"Cannot infer {which}_heads from {source}: the {what} width is {width}, not a "
+            f"multiple of 64, so the heads are not OpenAI's 64-wide ones and the tensor shapes "
+            f"cannot tell how many there are. Pass preset=... (`--preset` for python -m "
+            f"keras_clip.convert), or text_heads=... and vision_heads=... (`--text-heads`, "
+            f"`--vision-heads`): a width that is a multiple of 64 is read as 64-wide heads, which "
+            f"a checkpoint not from OpenAI / open_clip may not have.")
+    return width // 64
+
+
+def infer_config(state_dict, source="state dict", text_heads=None, vision_heads=None):
+    """CLIP constructor arguments from the shapes of a reference state dict.
+
+    Heads are OpenAI's convention, width // 64 (the ResNet's attention pool is
+    ``32 * vision_width`` wide); shapes cannot show the head count, so a width that is not a
+    multiple of 64 raises a ValueError unless ``text_heads`` / ``vision_heads`` is given.
+    ``source`` (a path) names the checkpoint in errors.
+    """
     sd = state_dict
     required = ["text_projection", "positional_embedding", "token_embedding.weight", "ln_final.weight"]
     missing = [k for k in required if k not in sd]
     if missing:
-        raise ValueError(f"Not a CLIP state dict: missing keys {missing}")
+        raise ValueError(f"Not a CLIP state dict: {source} is missing keys {missing}")
 
     def count(pattern):
         return len({m.group(1) for k in sd for m in [re.match(pattern, k)] if m})
@@ -146,22 +168,28 @@ def infer_config(state_dict):
         embed_dim=sd["text_projection"].shape[1],
         context_length=sd["positional_embedding"].shape[0],
         vocab_size=sd["token_embedding.weight"].shape[0],
-        text_width=text_width, text_heads=text_width // 64,
+        text_width=text_width,
+        text_heads=_heads("text", text_width, text_heads, source, "text transformer"),
         text_layers=count(r"transformer\.resblocks\.(\d+)\."),
     )
-    if "visual.proj" in sd:
+    if "visual.proj" in sd and "visual.conv1.weight" in sd:
         width, _, patch, _ = sd["visual.conv1.weight"].shape
         grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
         config.update(vision_width=width, vision_patch_size=patch, image_size=patch * grid,
-                      vision_layers=count(r"visual\.transformer\.resblocks\.(\d+)\."))
+                      vision_layers=count(r"visual\.transformer\.resblocks\.(\d+)\."),
+                      vision_heads=_heads("vision", width, vision_heads, source,
+                                          "vision transformer"))
     elif "visual.attnpool.positional_embedding" in sd:
         grid = round((sd["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
-        config.update(vision_width=sd["visual.layer1.0.conv1.weight"].shape[0], vision_patch_size=None,
-                      image_size=grid * 32,
-                      vision_layers=[count(rf"visual\.layer{b}\.(\d+)\.") for b in (1, 2, 3, 4)])
+        width = sd["visual.layer1.0.conv1.weight"].shape[0]
+        config.update(vision_width=width, vision_patch_size=None, image_size=grid * 32,
+                      vision_layers=[count(rf"visual\.layer{b}\.(\d+)\.") for b in (1, 2, 3, 4)],
+                      vision_heads=_heads("vision", 32 * width, vision_heads, source,
+                                          f"ResNet attention-pool (32 x {width})"))
     else:
-        raise ValueError("Not a CLIP state dict: no 'visual.proj' (ViT) or "
-                         "'visual.attnpool.positional_embedding' (ResNet) key")
+        raise ValueError(f"Not a CLIP state dict: {source} has no 'visual.proj' + "
+                         "'visual.conv1.weight' (ViT) or 'visual.attnpool.positional_embedding' "
+                         "(ResNet) key")
     return config
 
 
@@ -212,9 +240,10 @@ def state_dict(model):
 def load_pretrained(path_or_state_dict, preset=None, **overrides):
     """Build a ``CLIP`` from an OpenAI / open_clip checkpoint (path or state dict).
 
-    With ``preset=None`` the architecture is inferred from the tensor shapes (heads = width/64,
-    as OpenAI's models have; pass ``text_heads=...`` etc. to override, and
-    ``activation="gelu"`` for open_clip models trained without QuickGELU).
+    With ``preset=None`` the architecture is inferred from the tensor shapes (`infer_config`:
+    heads = width / 64, as OpenAI's models have; a width that is not a multiple of 64 needs
+    ``preset=`` or ``text_heads=`` / ``vision_heads=``). Keyword overrides (``text_heads=...``,
+    ``activation="gelu"`` for open_clip models trained without QuickGELU, ...) apply on top.
 
     Example:
         >>> model = load_pretrained("ViT-B-32.pt")
@@ -225,7 +254,11 @@ def load_pretrained(path_or_state_dict, preset=None, **overrides):
     else:
         source = str(path_or_state_dict)
         sd = read_state_dict(path_or_state_dict, "CLIP checkpoint")
-    config = get_preset(preset) if preset else infer_config(sd)
+    if preset:
+        config = get_preset(preset)
+    else:
+        config = infer_config(sd, source, text_heads=overrides.get("text_heads"),
+                              vision_heads=overrides.get("vision_heads"))
     config.update(overrides)
     model = CLIP(**config)
     return load_state_dict(model, sd, source)
