@@ -234,6 +234,29 @@ def test_batch_unpacking():
         vae._images_from_data(expected * 2)
 
 
+def test_fit_and_evaluate_reject_float_images_outside_unit_range():
+    # fit/evaluate batches are graph tensors, which _check_images cannot read: float 0..255
+    # images used to train to a NaN loss and NaN weights without an error.
+    vae = DiscreteVAE(**TINY)
+    vae.compile(optimizer=keras.optimizers.Adam(1e-3))
+    before = [w.copy() for w in vae.get_weights()]
+    images = (_blocks(4) * 255).round()  # float32 in 0..255
+    message = r"images must be float in \[0, 1\].*uint8.*1/255.*min.*max"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        vae.fit(images, batch_size=4, epochs=1, verbose=0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        vae.fit(tf.data.Dataset.from_tensor_slices({"images": images - 300}).batch(4), epochs=1,
+                verbose=0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        vae.evaluate(images, batch_size=4, verbose=0)
+    for a, b in zip(before, vae.get_weights()):
+        np.testing.assert_array_equal(a, b)  # no step was applied
+    # the same pixels as uint8 are scaled by 1/255 and train normally
+    history = vae.fit(images.astype(np.uint8), batch_size=4, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"]).all()
+    assert all(np.isfinite(w).all() for w in vae.get_weights())
+
+
 def test_schedule_resumes_from_saved_model(fitted, tmp_path):
     vae = fitted["vae"]
     path = str(tmp_path / "vae.keras")

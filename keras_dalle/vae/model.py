@@ -313,7 +313,8 @@ class DiscreteVAE(keras.Model):
 
     def _images_from_data(self, data):
         """Images (float32 in [0, 1]) from a fit/evaluate batch: a tensor, a tuple (x, ...) or
-        a dict with an "images" entry. uint8 images are scaled by 1/255."""
+        a dict with an "images" entry. uint8 images are scaled by 1/255; float images outside
+        [0, 1] fail the step (eagerly a ValueError, in the graph an InvalidArgumentError)."""
         if isinstance(data, (tuple, list)):
             data = data[0]
         if isinstance(data, dict):
@@ -323,8 +324,27 @@ class DiscreteVAE(keras.Model):
             data = data["images"]
         images = ops.convert_to_tensor(data)
         if keras.backend.standardize_dtype(images.dtype) == "uint8":
-            images = ops.cast(images, "float32") / 255.0
-        return self._check_images(images)
+            return self._check_images(ops.cast(images, "float32") / 255.0)  # in [0, 1]
+        return self._assert_unit_range(self._check_images(images))
+
+    @staticmethod
+    def _assert_unit_range(images):
+        """`images` with an in-graph check that every value is in [0, 1].
+
+        fit / evaluate batches are graph tensors, whose values `_check_images` cannot read:
+        fail the step with a named message instead of training to a NaN loss (as
+        `DALLE._range_asserts` does for token ids). NaN values fail the check too. (An
+        XLA-compiled step, `compile(jit_compile=True)`, drops the assertion.)
+        """
+        import tensorflow as tf
+
+        lo, hi = tf.reduce_min(images), tf.reduce_max(images)
+        check = tf.debugging.Assert(
+            tf.logical_and(lo >= 0.0, hi <= 1.0),
+            ["images must be float in [0, 1] (uint8 images are scaled by 1/255; divide float "
+             "0..255 images by 255), got min", lo, "max", hi])
+        with tf.control_dependencies([check]):
+            return tf.identity(images)
 
     def _schedule_step(self):
         if getattr(self, "optimizer", None) is None:
