@@ -148,6 +148,15 @@ def test_sampled_tokens_respect_top_k(model, text):
     (dict(temperature=-1.0), "temperature"), (dict(top_k=0), "top_k"), (dict(top_p=1.5), "top_p"),
     (dict(num_samples=0), "num_samples"),
     (dict(image_prefix_tokens=np.full((2, 3), 99)), "image_prefix_tokens"),
+    # the leading dimension must be the number of prompts (2): it used to be reshaped away
+    (dict(image_prefix_tokens=np.ones((1, 4), int)),
+     r"image_prefix_tokens must have shape \[B, P\] or \[B, rows, 4\] with B = 2 .*got shape "
+     r"\(1, 4\)"),
+    (dict(image_prefix_tokens=np.ones((3, 2), int)), r"B = 2 .*got shape \(3, 2\)"),
+    (dict(image_prefix_tokens=np.ones(4, int)), r"B = 2 .*got shape \(4,\)"),
+    (dict(image_prefix_tokens=np.ones((2, 1, 3), int)), r"\[B, rows, 4\].*got shape \(2, 1, 3\)"),
+    (dict(image_prefix_tokens=np.ones((2, 1, 1, 4), int)), r"got shape \(2, 1, 1, 4\)"),
+    (dict(image_prefix_tokens=np.ones((2, 3)) * 0.5), r"image_prefix_tokens must be integer"),
 ])
 def test_bad_sampling_arguments_are_named(model, text, kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -132,6 +132,21 @@ class _Sampler:
         return tokens
 
 
+def _check_prefix(image_prefix_tokens, batch, width):
+    """int32 [batch, P] raster prefix from [batch, P] or [batch, rows, width] integer tokens."""
+    prefix = np.asarray(image_prefix_tokens)
+    shape = prefix.shape
+    if not (len(shape) == 2 and shape[0] == batch) and \
+            not (len(shape) == 3 and shape[0] == batch and shape[2] == width):
+        raise ValueError(f"image_prefix_tokens must have shape [B, P] or [B, rows, {width}] with "
+                         f"B = {batch} (the number of prompts; each prompt's samples share its "
+                         f"prefix) and {width} the grid width, got shape {shape}")
+    if prefix.size and (prefix.dtype == bool or not np.issubdtype(prefix.dtype, np.integer)):
+        raise ValueError(f"image_prefix_tokens must be integer token ids, got dtype "
+                         f"{prefix.dtype}")
+    return prefix.reshape(batch, -1).astype(np.int32)
+
+
 def sample_image_tokens(model, text_token_ids, num_samples=1, temperature=1.0, top_k=None,
                         top_p=None, seed=0, image_prefix_tokens=None, use_cache=True, xla=True):
     """Sample image tokens [B, num_samples, h, w] (int32) for text ids [B, text_len].
@@ -144,7 +159,8 @@ def sample_image_tokens(model, text_token_ids, num_samples=1, temperature=1.0, t
         top_k, top_p: optional nucleus / top-k filtering.
         seed: int; the same seed gives the same tokens.
         image_prefix_tokens: optional int [B, P] or [B, rows, w] raster tokens that prime the
-            image (completion); the rest is sampled.
+            image (completion), one prefix per prompt (B = the number of prompts, w the grid
+            width; any other shape is a ValueError); the rest is sampled.
         use_cache: the cached loop (default) or the recompute-everything reference path.
         xla: compile the loop with XLA (`tf.function(jit_compile=True)`).
     """
@@ -163,7 +179,7 @@ def sample_image_tokens(model, text_token_ids, num_samples=1, temperature=1.0, t
     if image_prefix_tokens is None:
         prefix = np.zeros((batch, 0), np.int32)
     else:
-        prefix = np.asarray(image_prefix_tokens).reshape(batch, -1).astype(np.int32)
+        prefix = _check_prefix(image_prefix_tokens, batch, model.grid_width)
         if prefix.shape[1] >= model.num_image_tokens:
             raise ValueError(f"image_prefix_tokens must hold fewer than {model.num_image_tokens} "
                              f"tokens, got {prefix.shape[1]}")
