@@ -1,11 +1,14 @@
-"""Train CLIP with ``model.fit`` on the built-in shapes data or image–caption shards.
+r"""Train CLIP with ``model.fit`` on the built-in shapes data or image–caption shards.
 
     python -m keras_clip.train --preset ViT-S-Demo --data shapes --epochs 10 --batch-size 128 \
         --logdir runs/clip --output runs/clip/clip.keras
 
 The run resumes from ``<logdir>/backup`` when restarted, at the batch after its last backup
 (every ``--save-freq`` steps and at each epoch end); steps trained after that backup are
-trained again. Test hook: ``KERAS_CLIP_TEST_KILL_AT_STEP`` (see ``callbacks.ResumableBackup``).
+trained again. A run whose backup already holds every step of ``--epochs`` trains nothing
+and says so (``--output`` is still written, from the backup).
+
+Test hook: ``KERAS_CLIP_TEST_KILL_AT_STEP`` (see ``callbacks.ResumableBackup``).
 """
 
 import argparse
@@ -17,10 +20,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_clip.cli import add_tf_logs_flag
+from keras_clip.cli import add_tf_logs_flag, positive_int
 from keras_clip import callbacks as cb
 from keras_clip.saving import save_model_atomic
 from keras_clip.strategy import STRATEGIES, is_chief, make_strategy
+from keras_clip.validation import check_positive_int
 
 
 # Zero-shot prompts in the captions' own register ("a small red circle"). Small and large
@@ -69,9 +73,18 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
     ``batch_size`` is the global batch (split over replicas); ``data`` is "shapes" or a shard
     path/glob (.tfrecord, .tar, .tsv). Logs, backups and checkpoints go to ``logdir``.
 
+    ``history["already_complete"]`` is True when the backup in ``logdir`` already held every
+    step of the run (nothing trained).
+
     Example:
         >>> model, history = train_clip("ViT-Tiny", epochs=1, batch_size=32, steps_per_epoch=5)
     """
+    epochs = check_positive_int("epochs", epochs)
+    batch_size = check_positive_int("batch_size", batch_size)
+    if steps_per_epoch is not None:
+        steps_per_epoch = check_positive_int("steps_per_epoch", steps_per_epoch)
+    save_freq = check_positive_int("save_freq", save_freq)
+    eval_examples = check_positive_int("eval_examples", eval_examples or 0, minimum=0)
     from keras_clip.data.readers import SkipCounter, make_clip_dataset
     from keras_clip.model import CLIP
     from keras_clip.optimizer import clip_optimizer
@@ -127,10 +140,15 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
 
     history, t0 = {}, time.time()
     epoch, batch = divmod(start, steps_per_epoch)
-    if start:
-        print(f"Resuming from {backup.backup_dir} at global step {start} (epoch {epoch + 1}, batch {batch})")
     runs = []
-    if batch:  # finish the interrupted epoch first
+    history["already_complete"] = start >= total_steps
+    if history["already_complete"]:
+        print(f"Nothing to train: the backup in {backup.backup_dir} is at global step {start}, "
+              f"and this run has {total_steps} ({epochs} epochs x {steps_per_epoch} steps); the "
+              "run was already complete")
+    elif start:
+        print(f"Resuming from {backup.backup_dir} at global step {start} (epoch {epoch + 1}, batch {batch})")
+    if batch and not history["already_complete"]:  # finish the interrupted epoch first
         runs.append((epoch, steps_per_epoch - batch))
         epoch += 1
     if epoch < epochs:
@@ -153,28 +171,44 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
     return model, history
 
 
+def _non_negative_int(text):
+    """argparse ``type=`` for counts where 0 is allowed (0 = off)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m keras_clip.train",
+                                description=__doc__.split("\n\nTest hook:")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="ViT-S-Demo")
     p.add_argument("--data", default="shapes", help='"shapes" or shard path/glob (.tfrecord, .tar, .tsv)')
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128, help="global batch size")
-    p.add_argument("--steps-per-epoch", type=int, default=None)
-    p.add_argument("--num-examples", type=int, default=None, help="limit the training examples")
+    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--batch-size", type=positive_int, default=128, help="global batch size")
+    p.add_argument("--steps-per-epoch", type=positive_int, default=None)
+    p.add_argument("--num-examples", type=positive_int, default=None,
+                   help="limit the training examples")
     p.add_argument("--logdir", default="runs/clip")
     p.add_argument("--output", default=None, help="where to save the trained model (.keras)")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup-steps", type=int, default=None)
     p.add_argument("--weight-decay", type=float, default=0.2)
     p.add_argument("--strategy", default="default", choices=STRATEGIES)
-    p.add_argument("--cpu-replicas", type=int, default=None,
+    p.add_argument("--cpu-replicas", type=positive_int, default=None,
                    help="split the CPU into N logical devices (with --strategy mirrored)")
     p.add_argument("--mixed-precision", action="store_true", help="mixed_bfloat16, loss in float32")
     p.add_argument("--no-xla", action="store_true", help="don't XLA-compile the per-replica towers")
-    p.add_argument("--grad-accum", type=int, default=None, help="gradient accumulation steps")
+    p.add_argument("--grad-accum", type=positive_int, default=None,
+                   help="gradient accumulation steps")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-examples", type=int, default=1000, help="0 disables evaluation")
-    p.add_argument("--save-freq", type=int, default=50, help="backup every N steps")
+    p.add_argument("--eval-examples", type=_non_negative_int, default=1000,
+                   help="0 disables evaluation")
+    p.add_argument("--save-freq", type=positive_int, default=50, help="backup every N steps")
     p.add_argument("--profile", action="store_true", help="profiler trace of steps 2-4")
     p.add_argument("--text-encoder", default=None, choices=["transformer", "cbow"])
     p.add_argument("--verbose", type=int, default=1)
@@ -191,9 +225,13 @@ def main(argv=None):
         gradient_accumulation_steps=args.grad_accum, num_examples=args.num_examples,
         verbose=args.verbose, **overrides)
     final = {k: v[-1] for k, v in history.items() if isinstance(v, list) and v}
-    print(f"trained {history['steps_run']} steps (global step {history['start_step']} -> "
-          f"{history['end_step']}) in {history['train_seconds']:.0f}s; final: " +
-          ", ".join(f"{k}={v:.4f}" for k, v in sorted(final.items())))
+    summary = (f"trained {history['steps_run']} steps (global step {history['start_step']} -> "
+               f"{history['end_step']}) in {history['train_seconds']:.0f}s")
+    if history["already_complete"]:
+        print(f"{summary}: the run in {args.logdir} was already complete"
+              + (f"; wrote {args.output} from its backup" if args.output else ""))
+    else:
+        print(f"{summary}; final: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(final.items())))
     return history
 
 

@@ -150,3 +150,42 @@ def test_a_non_integer_user_level_counts_as_unset(user_level, level, monkeypatch
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", user_level)
     cli.quiet_tensorflow_startup(["python", "-m", "keras_clip.train"])
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == level
+
+
+def _help(module):
+    with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stdout(io.StringIO()) as out:
+        importlib.import_module(module).main(["--help"])
+    assert exit_info.value.code == 0
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("module", ["keras_clip.convert", "keras_clip.demo", "keras_clip.train"])
+def test_usage_names_the_module_not_the_file(module):
+    assert _help(module).startswith(f"usage: python -m {module} ")
+
+
+def test_train_help_keeps_the_example_lines_and_hides_the_test_hook():
+    from keras_clip import callbacks, train
+
+    text = _help("keras_clip.train")
+    assert "--batch-size 128 \\\n        --logdir runs/clip" in text  # was joined into one line
+    assert callbacks.KILL_AT_STEP_ENV not in text and "Test hook" not in text
+    assert callbacks.KILL_AT_STEP_ENV in train.__doc__  # still documented for developers
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "0"], "argument --epochs: expected a positive integer (>= 1), got 0"),
+    (["--epochs", "-1"], "argument --epochs: expected a positive integer (>= 1), got -1"),
+    (["--batch-size", "0"], "argument --batch-size: expected a positive integer (>= 1), got 0"),
+    (["--steps-per-epoch", "0"], "argument --steps-per-epoch: expected a positive integer"),
+    (["--save-freq", "0"], "argument --save-freq: expected a positive integer"),
+    (["--epochs", "two"], "argument --epochs: expected a positive integer, got 'two'"),
+    (["--eval-examples", "-1"], "argument --eval-examples: expected an integer >= 0, got -1"),
+])
+def test_train_rejects_counts_that_are_not_positive(argv, message, capsys, tmp_path):
+    from keras_clip import train
+
+    with pytest.raises(SystemExit) as exit_info:  # (a tmp logdir in case it trains after all)
+        train.main(argv + ["--logdir", str(tmp_path), "--verbose", "0"])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -72,6 +72,38 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     assert worst == 0.0, f"resumed from step {BACKUP_AT}: max weight diff {worst}"
 
 
+def test_a_finished_run_restarted_says_it_was_already_complete(tmp_path):
+    # Was: "trained 0 steps (global step 2 -> 2) in 0s; final: " with nothing after "final:".
+    output = tmp_path / "m.keras"
+    cmd = [sys.executable, "-m", "keras_clip.train", "--preset", "ViT-Tiny", "--epochs", "1",
+           "--batch-size", "8", "--steps-per-epoch", "2", "--num-examples", "16",
+           "--eval-examples", "0", "--logdir", str(tmp_path / "logs"), "--output", str(output),
+           "--verbose", "0", "--no-xla"]
+    first = _run(cmd)
+    assert _steps(first) == (2, 0, 2) and "; final: " in first and "loss=" in first
+    output.rename(tmp_path / "first.keras")
+    again = _run(cmd)
+    assert _steps(again) == (0, 2, 2)
+    assert "the run was already complete" in again and "final:" not in again
+    assert f"was already complete; wrote {output} from its backup" in again
+    a, b = _weights(tmp_path / "first.keras"), _weights(output)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b)) and len(a) == len(b)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(epochs=0), "epochs must be an integer >= 1, got 0"),
+    (dict(batch_size=-1), "batch_size must be an integer >= 1, got -1"),
+    (dict(steps_per_epoch=0), "steps_per_epoch must be an integer >= 1, got 0"),
+    (dict(eval_examples=-5), "eval_examples must be an integer >= 0, got -5"),
+])
+def test_train_clip_rejects_counts_that_are_not_positive(kwargs, message, tmp_path):
+    from keras_clip.train import train_clip
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train_clip("ViT-Tiny", logdir=str(tmp_path), **kwargs)
+    assert not list(tmp_path.iterdir())  # checked before anything is built or written
+
+
 def _write_tfrecord(path, num=200, bad_images=(17, 123), empty_caption=50):
     """An img2dataset-style shard (key / jpg / txt): 1% corrupt JPEGs and one empty caption."""
     import tensorflow as tf
