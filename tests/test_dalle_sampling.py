@@ -192,6 +192,42 @@ def test_rerank_returns_the_best_samples_sorted_with_their_clip_scores(trio):
         generate(dalle, prompts, vae=vae, num_samples=2, keep=1)
 
 
+def test_generate_argument_errors_are_named(trio):
+    dalle, vae, clip = trio
+    rerank = dict(num_samples=2, vae=vae, rerank=clip)
+    for kwargs, error, message in [
+        (dict(rerank, keep=0), ValueError, r"keep must be in \[1, 2\] \(num_samples\), got 0"),
+        (dict(rerank, keep=-1), ValueError, r"keep must be in \[1, 2\].*got -1"),
+        (dict(rerank, keep=5), ValueError, r"keep must be in \[1, 2\].*got 5"),
+        (dict(rerank, keep=1.0), ValueError, r"keep must be an integer >= 1, got 1.0"),
+        (dict(num_samples=2.0), ValueError, r"num_samples must be an integer >= 1, got 2.0"),
+        (dict(num_samples=True), ValueError, r"num_samples must be an integer >= 1, got True"),
+        (dict(seed=None), ValueError, r"seed must be an integer .*got None"),
+        (dict(seed=1.5), ValueError, r"seed must be an integer .*got 1.5"),
+        (dict(seed=2**40), ValueError, r"seed must be an integer in \[-2\*\*31, 2\*\*31\)"),
+        (dict(vae=clip), TypeError, r"vae must be a keras_dalle.DiscreteVAE, got CLIP"),
+        (dict(vae="dvae.keras"), TypeError,
+         r"vae must be a keras_dalle.DiscreteVAE, got str \('dvae.keras'\).*load_model"),
+        (dict(num_samples=2, vae=vae, rerank=vae), TypeError,
+         r"rerank must be a keras_clip.CLIP, got DiscreteVAE"),
+    ]:
+        with pytest.raises(error, match=message):
+            generate(dalle, ["a red circle"], **kwargs)
+    for model in (vae, clip, "dalle.keras"):
+        with pytest.raises(TypeError, match=r"model must be a keras_dalle.DALLE, got "
+                                            + type(model).__name__):
+            generate(model, ["a red circle"])
+
+
+def test_string_prompts_need_a_model_with_clips_text_vocabulary(model):
+    # dalle-tiny has text_vocab_size 64; string prompts become CLIP BPE ids up to 49,407.
+    with pytest.raises(ValueError, match=r"tokenized with CLIP's BPE \(49,408 ids.*"
+                                         r"text_vocab_size is 64"):
+        generate(model, ["a red circle"])
+    with pytest.raises(ValueError, match=r"text_vocab_size is 64"):
+        model.generate("a red circle")
+
+
 def test_generate_cli_writes_a_png_grid(trio, tmp_path, capsys):
     dalle, vae, clip = trio
     paths = {}

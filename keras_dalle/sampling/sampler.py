@@ -25,6 +25,8 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
+from keras_clip.validation import check_positive_int
+
 __all__ = ["sample_image_tokens", "filter_logits"]
 
 
@@ -132,6 +134,34 @@ class _Sampler:
         return tokens
 
 
+# What the sampler calls on the model. Checked by interface: keras_dalle.transformer.model imports
+# this package (DALLE.generate), so importing DALLE here would be an import cycle.
+_DALLE_INTERFACE = ("text_len", "text_vocab_size", "image_vocab_size", "num_image_tokens",
+                    "grid_height", "grid_width", "check_inputs", "logits", "call_with_cache",
+                    "stream_token_ids", "empty_cache")
+
+
+def describe(value):
+    """A short description of ``value`` for error messages: its type (and a path's text)."""
+    kind = type(value).__name__
+    return f"{kind} ({value!r})" if isinstance(value, str) else kind
+
+
+def check_model(model):
+    """``model`` if it is a `keras_dalle.DALLE` (has its sampling interface); else TypeError."""
+    if not all(hasattr(model, name) for name in _DALLE_INTERFACE):
+        raise TypeError(f"model must be a keras_dalle.DALLE, got {describe(model)}")
+    return model
+
+
+def check_seed(seed):
+    """``int(seed)`` for an integer seed that fits int32; else ValueError naming it."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or \
+            not -2**31 <= seed < 2**31:
+        raise ValueError(f"seed must be an integer in [-2**31, 2**31), got {seed!r}")
+    return int(seed)
+
+
 def _check_prefix(image_prefix_tokens, batch, width):
     """int32 [batch, P] raster prefix from [batch, P] or [batch, rows, width] integer tokens."""
     prefix = np.asarray(image_prefix_tokens)
@@ -157,21 +187,22 @@ def sample_image_tokens(model, text_token_ids, num_samples=1, temperature=1.0, t
         num_samples: samples per prompt; the batch is prompts × samples.
         temperature: softmax temperature; 0 = greedy.
         top_k, top_p: optional nucleus / top-k filtering.
-        seed: int; the same seed gives the same tokens.
+        seed: int (int32 range); the same seed gives the same tokens.
         image_prefix_tokens: optional int [B, P] or [B, rows, w] raster tokens that prime the
             image (completion), one prefix per prompt (B = the number of prompts, w the grid
             width; any other shape is a ValueError); the rest is sampled.
         use_cache: the cached loop (default) or the recompute-everything reference path.
         xla: compile the loop with XLA (`tf.function(jit_compile=True)`).
     """
+    check_model(model)
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if top_k is not None and not 1 <= int(top_k) <= model.image_vocab_size:
         raise ValueError(f"top_k must be in [1, {model.image_vocab_size}], got {top_k}")
     if top_p is not None and not 0.0 < float(top_p) <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    num_samples = check_positive_int("num_samples", num_samples)
+    seed = check_seed(seed)
     text = np.asarray(text_token_ids)
     text, _ = model.check_inputs({"text_token_ids": text, "image_tokens": np.zeros(
         (len(text), model.num_image_tokens), np.int32)})
