@@ -9,7 +9,7 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_clip.model import CLIP
-from keras_dalle.sampling.generate import generate, main as generate_main
+from keras_dalle.sampling.generate import generate, main as generate_main, save_grid
 from keras_dalle.transformer.model import DALLE
 from keras_dalle.sampling.rerank import clip_scores
 from keras_dalle.sampling.sampler import filter_logits, sample_image_tokens
@@ -240,9 +240,44 @@ def test_generate_cli_writes_a_png_grid(trio, tmp_path, capsys):
                    "--out", str(out)])
     grid = Image.open(out)
     assert grid.format == "PNG" and grid.width > 2 * 32 and grid.height > 2 * 32
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(out).st_mode & 0o777 == 0o666 & ~umask
     printed = capsys.readouterr().out
     assert "CLIP scores" in printed and "a green star" in printed
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".grid-")]
+
+
+@pytest.mark.parametrize("name, fmt", [("grid.png", "PNG"), ("grid.jpg", "JPEG"),
+                                       ("grid.JPEG", "JPEG")])
+def test_save_grid_writes_the_format_of_the_extension_with_the_usual_permissions(tmp_path, name,
+                                                                               fmt):
+    # --out x.jpg used to get PNG bytes, and the file mode 0600 (mkstemp's) where .keras files
+    # get 0666 & ~umask.
+    images = np.random.default_rng(0).uniform(size=(2, 3, 8, 8, 3))
+    old = os.umask(0o027)
+    try:
+        save_grid(str(tmp_path / name), images, ["a", "b"])
+    finally:
+        os.umask(old)
+    with Image.open(tmp_path / name) as grid:
+        assert grid.format == fmt and grid.mode == "RGB"
+    assert os.stat(tmp_path / name).st_mode & 0o777 == 0o640
+    assert os.listdir(tmp_path) == [name]
+
+
+def test_save_grid_and_the_cli_refuse_other_extensions(tmp_path, capsys):
+    images = np.zeros((1, 1, 8, 8, 3))
+    for name in ("grid.gif", "grid.webp", "grid"):
+        with pytest.raises(ValueError, match=r"must end in \.png, \.jpg or \.jpeg.*got "
+                                             + repr(str(tmp_path / name)).replace(".", r"\.")):
+            save_grid(str(tmp_path / name), images)
+    assert os.listdir(tmp_path) == []
+    # the CLI says so before loading any model or sampling
+    with pytest.raises(SystemExit):
+        generate_main(["a red circle", "--model", "missing.keras", "--vae", "missing.keras",
+                       "--out", str(tmp_path / "grid.gif")])
+    assert "--out must end in .png, .jpg or .jpeg" in capsys.readouterr().err
 
 
 def test_prompt_fidelity_uses_single_object_heldout_prompts_and_scores_from_pixels(trio):

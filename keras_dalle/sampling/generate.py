@@ -3,7 +3,8 @@
     python -m keras_dalle.sampling.generate "a red circle above a blue square" --model dalle.keras \\
         --vae dvae.keras [--clip clip.keras --keep 4] --num-samples 16 --out grid.png
 
-writes a PNG grid: one row per prompt, its samples best-first with their CLIP scores.
+writes an image grid: one row per prompt, its samples best-first with their CLIP scores; PNG or
+JPEG as the `--out` extension says (.png, .jpg, .jpeg; others are refused before sampling).
 
 The library function is `keras_dalle.sampling.pipeline.generate` (also `DALLE.generate`).
 """
@@ -21,7 +22,9 @@ from keras_dalle.sampling.pipeline import generate
 from keras_dalle.transformer.model import DALLE
 from keras_dalle.vae.model import DiscreteVAE
 
-__all__ = ["image_grid", "save_grid"]
+__all__ = ["image_grid", "grid_format", "save_grid"]
+
+_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
 
 def image_grid(images, labels=None, scores=None, scale=2, pad=4):
@@ -48,14 +51,30 @@ def image_grid(images, labels=None, scores=None, scale=2, pad=4):
     return canvas
 
 
+def grid_format(path):
+    """The PIL format for an output path's extension: "PNG" (.png) or "JPEG" (.jpg, .jpeg);
+    ValueError for any other extension."""
+    extension = os.path.splitext(os.fspath(path))[1].lower()
+    if extension not in _FORMATS:
+        raise ValueError(f"the output path must end in .png, .jpg or .jpeg (the image format is "
+                         f"taken from the extension), got {os.fspath(path)!r}")
+    return _FORMATS[extension]
+
+
 def save_grid(path, images, labels=None, scores=None, **kwargs):
-    """Write `image_grid(...)` as a PNG atomically (temporary file, then rename)."""
+    """Write `image_grid(...)` atomically (temporary file, then rename) as PNG or JPEG, as the
+    extension of `path` says (`grid_format`), with the usual permissions (0o666 & ~umask)."""
+    fmt = grid_format(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".grid-", suffix=".png", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".grid-", suffix=os.path.splitext(path)[1], dir=folder)
     os.close(fd)
     try:
-        image_grid(images, labels, scores, **kwargs).save(tmp, format="PNG")
+        image_grid(images, labels, scores, **kwargs).save(
+            tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600 (as keras_clip.saving does)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -75,9 +94,12 @@ def main(argv=None):
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="grid.png")
+    p.add_argument("--out", default="grid.png", help="the grid image: .png, .jpg or .jpeg")
     add_tf_logs_flag(p)
     args = p.parse_args(argv)
+    if os.path.splitext(args.out)[1].lower() not in _FORMATS:  # before loading or sampling
+        p.error(f"--out must end in .png, .jpg or .jpeg (the image format is taken from the "
+                f"extension), got {args.out!r}")
     model, vae = load_model(args.model, DALLE), load_model(args.vae, DiscreteVAE)
     clip = load_model(args.clip, CLIP) if args.clip else None
     if args.keep is not None and clip is None:
