@@ -58,13 +58,15 @@ def check_batch(x, name):
 def _check_images(images):
     """In-graph: every element must start like a JPEG/PNG/GIF/BMP/WebP file; returns
     ``images`` behind the check (decoding is stateless, so it needs an explicit dependency)."""
-    head = tf.strings.substr(images, 0, 8)
+    # The first 12 bytes, zero-padded: substr fails for a start position past the end of a
+    # shorter (or empty) string, and no signature ends in a zero byte.
+    head = tf.strings.substr(tf.strings.join([images, b"\0" * 12]), 0, 12)
     ok = tf.zeros_like(images, tf.bool)
     for magic in _IMAGE_MAGIC:
         ok |= tf.equal(tf.strings.substr(head, 0, len(magic)), magic)
     # WebP: "RIFF" <4 size bytes> "WEBP"
-    ok |= tf.equal(tf.strings.substr(images, 0, 4), b"RIFF") & \
-        tf.equal(tf.strings.substr(images, 8, 4), b"WEBP")
+    ok |= tf.equal(tf.strings.substr(head, 0, 4), b"RIFF") & \
+        tf.equal(tf.strings.substr(head, 8, 4), b"WEBP")
     check = tf.debugging.Assert(tf.reduce_all(ok), [
         "images: not an encoded image (expected JPEG, PNG, GIF, BMP or WebP bytes) at batch "
         "indices", tf.reshape(tf.where(~ok), [-1])], summarize=16)

@@ -177,6 +177,23 @@ def test_bad_inputs_fail_with_clear_errors(exported):
                                        labels=tf.constant([["", ""]]))
 
 
+def test_short_and_empty_image_bytes_get_the_same_clear_error(exported):
+    # Was: "pos 8 out of range for string b'hello'" (the WebP check read bytes 8-11).
+    loaded = exported[3]
+    images = tf.constant([_png(32, 32, 0), b"hello", b"", b"RIFF", b"\xff\xd8"])
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"not an encoded image.*\] \[1 2 3 4\]") as info:
+        loaded.signatures["encode_image"](images=images)
+    assert "out of range" not in str(info.value)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"not an encoded image.*\] \[1\]"):
+        loaded.signatures["zero_shot"](images=tf.constant([_png(32, 32, 0), b""]),
+                                       labels=tf.constant([["a"], ["b"]]))
+    # A short file that does start like one gets past the check (the decoder reports it), and a
+    # WebP signature is still recognised.
+    assert bool(sm._check_images(tf.constant([b"BM"])).shape[0])
+    sm._check_images(tf.constant([b"RIFF\0\0\0\0WEBP"]))
+
+
 _CORE_OPS = """
 import sys
 import tensorflow

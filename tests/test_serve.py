@@ -173,7 +173,8 @@ def _expect_error(call, code, *fragments):
 
 
 @pytest.mark.parametrize("case", ["model", "version", "signature", "input_name", "dtype", "shape",
-                                  "not_image", "empty", "oversized", "status_model"])
+                                  "not_image", "short_image", "empty", "oversized",
+                                  "status_model"])
 def test_malformed_requests(served, case):
     predict, texts = served["predict"].Predict, {"texts": _texts("a cat")}
     invalid, not_found = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
@@ -200,6 +201,10 @@ def test_malformed_requests(served, case):
         images = np.array([_png(32, 32, 0), b"GIF? no, plain text"], dtype=object)
         _expect_error(lambda: predict(_request("encode_image", {"images": images})), invalid,
                       "not an encoded image", "[1]")
+    elif case == "short_image":  # was "pos 8 out of range for string b'hello'"
+        images = np.array([_png(32, 32, 0), b"hello", b""], dtype=object)
+        _expect_error(lambda: predict(_request("encode_image", {"images": images})), invalid,
+                      "not an encoded image", "[1 2]")
     elif case == "empty":
         _expect_error(lambda: predict(_request("encode_text", {"texts": np.array([], object)})),
                       invalid, "empty batch")
