@@ -51,6 +51,25 @@ def _fill(template, classname):
     return template(classname) if callable(template) else template.format(classname)
 
 
+def _check_template(template):
+    """ValueError unless ``template`` is a callable or a format string that puts the class name
+    in the prompt (``{}``): without it every class would get the same prompt (TypeError for
+    anything else)."""
+    if callable(template):
+        return
+    if not isinstance(template, str):
+        raise TypeError(f"templates must be format strings with '{{}}' or callables, got "
+                         f"{type(template).__name__}: {template!r}")
+    try:
+        filled = {template.format(name) for name in ("\0a", "\0b")}
+    except (IndexError, KeyError, ValueError) as e:
+        raise ValueError(f"template {template!r} is not a format string with one '{{}}' for the "
+                         f"class name: {type(e).__name__}: {e}") from None
+    if len(filled) == 1:
+        raise ValueError(f"template {template!r} has no '{{}}' for the class name: every class "
+                         f"would get the same prompt")
+
+
 def zero_shot_classifier(model, classnames, templates=None, batch_size=256, *, tokenizer=None):
     """Text classifier weights: per class, the renormalised mean of L2-normalised prompt embeddings.
 
@@ -85,6 +104,8 @@ def zero_shot_classifier(model, classnames, templates=None, batch_size=256, *, t
     if not classnames or not templates:
         raise ValueError(f"need at least one class and one template, got {len(classnames)} "
                          f"classes and {len(templates)} templates")
+    for template in templates:
+        _check_template(template)
     prompts = [(c, _fill(t, name)) for c, name in enumerate(classnames) for t in templates]
 
     sums = None  # (C, D) running sums of normalised prompt embeddings

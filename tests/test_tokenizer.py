@@ -173,6 +173,19 @@ def test_in_graph_accepts_scalar_and_empty_batch():
     assert layer(tf.constant([], tf.string)).shape == (0, 77)
 
 
+def test_in_graph_accepts_python_lists_of_str_like_the_tensor():
+    # Was: ValueError "Only input tensors may be passed as positional arguments" for a list.
+    layer, texts = CLIPTokenizer(), ["a photo of a cat", "café ΟΔΥΣΣΕΥΣ", ""]
+    want = layer(tf.constant(texts)).numpy()
+    np.testing.assert_array_equal(layer(texts).numpy(), want)
+    np.testing.assert_array_equal(layer(tuple(texts)).numpy(), want)
+    np.testing.assert_array_equal(layer([t.encode() for t in texts]).numpy(), want)
+    np.testing.assert_array_equal(layer(texts[0]).numpy(), want[:1])
+    assert layer([]).shape == (0, 77)
+    with pytest.raises(TypeError, match="item 1 is int: 3"):
+        layer(["a cat", 3])
+
+
 def test_in_graph_runs_in_tf_data_map():
     texts = ["a photo of a cat", "Hello, World! It's 2024.", "ΟΔΥΣΣΕΥΣ", ""]
     ds = tf.data.Dataset.from_tensor_slices(texts).batch(3).map(CLIPTokenizer())

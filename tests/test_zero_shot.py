@@ -120,6 +120,26 @@ def test_empty_inputs_raise():
         zero_shot_classifier(FakeCLIP(), [], tokenizer=PromptTokenizer())
 
 
+@pytest.mark.parametrize("template, message", [
+    ("a photo", "template 'a photo' has no '{}' for the class name: every class would get the same"),
+    ("a {{}} photo", "template 'a {{}} photo' has no '{}'"),
+    ("a {} and a {}", "template 'a {} and a {}' is not a format string with one '{}'"),
+    ("a {name}", "template 'a {name}' is not a format string with one '{}'"),
+])
+def test_a_template_without_a_place_for_the_class_name_raises(template, message):
+    # Was: accepted, every class getting the same prompt (and the same classifier column).
+    model, tokenizer = FakeCLIP(), PromptTokenizer()
+    templates = ["a photo of a {}.", template]
+    with pytest.raises(ValueError) as err:
+        zero_shot_classifier(model, ["cat", "dog"], templates, tokenizer=tokenizer)
+    assert message in str(err.value)
+    assert not tokenizer.ids and not model.text_calls  # checked before any encoding
+    with pytest.raises(ValueError, match="has no"):  # also with one class, where it cannot show
+        zero_shot_classifier(model, ["cat"], "a photo", tokenizer=tokenizer)
+    with pytest.raises(TypeError, match="format strings with '{}' or callables, got bytes"):
+        zero_shot_classifier(model, ["cat"], [b"a {}"], tokenizer=tokenizer)
+
+
 def test_predict_probabilities_and_top_class():
     model, tokenizer = FakeCLIP(), PromptTokenizer()
     classnames = [f"class {i}" for i in range(6)]

@@ -609,6 +609,19 @@ class CLIPTokenizer(keras.layers.Layer):
         self.truncate = bool(truncate)
         self.built = True  # no weights
 
+    def __call__(self, inputs, *args, **kwargs):
+        # Keras treats a Python list as a structure of inputs (and refuses a bare str): a str, or
+        # a list / tuple of str (or bytes), is one batch of texts.
+        if isinstance(inputs, (str, bytes)):
+            inputs = tf.constant(inputs, tf.string)
+        elif isinstance(inputs, (list, tuple)):
+            for i, text in enumerate(inputs):
+                if not isinstance(text, (str, bytes)):
+                    raise TypeError(f"CLIPTokenizer expects a tf.string tensor or a list of str; "
+                                    f"item {i} is {type(text).__name__}: {text!r}")
+            inputs = tf.constant(list(inputs), tf.string, shape=[len(inputs)])
+        return super().__call__(inputs, *args, **kwargs)
+
     def call(self, inputs):
         t = _tables()
         x = tf.reshape(tf.convert_to_tensor(inputs, tf.string), [-1])  # scalar → [1]
