@@ -39,7 +39,8 @@ import re
 import sys
 import tempfile
 
-__all__ = ["COMMANDS", "TF_LOGS_FLAG", "add_tf_logs_flag", "command_module", "positive_int",
+__all__ = ["COMMANDS", "TF_LOGS_FLAG", "add_tf_logs_flag", "command_module", "int_at_least",
+           "non_negative_int", "positive_int",
            "quiet_tensorflow_startup", "startup_noise_filter"]
 
 # Every module of keras_clip, keras_dalle and export that runs as `python -m …`
@@ -184,12 +185,23 @@ def add_tf_logs_flag(parser):
     return parser
 
 
-def positive_int(text):
-    """argparse ``type=`` for options that must be an integer >= 1; the error names the value."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer (>= 1), got {value}")
-    return value
+def int_at_least(minimum):
+    """An argparse ``type=`` for integer options >= ``minimum``; the error names the value."""
+    wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if value < minimum:
+            shown = f"{wanted} (>= 1)" if minimum == 1 else wanted
+            raise argparse.ArgumentTypeError(f"expected {shown}, got {value}")
+        return value
+
+    parse.__name__ = "positive_int" if minimum == 1 else f"int_at_least_{minimum}"
+    return parse
+
+
+positive_int = int_at_least(1)  # counts that must be >= 1
+non_negative_int = int_at_least(0)  # counts where 0 means "off"

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_clip.cli import add_tf_logs_flag, positive_int
+from keras_clip.cli import add_tf_logs_flag, non_negative_int, positive_int
 from keras_clip import callbacks as cb
 from keras_clip.saving import save_model_atomic
 from keras_clip.strategy import STRATEGIES, is_chief, make_strategy
@@ -171,17 +171,6 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
     return model, history
 
 
-def _non_negative_int(text):
-    """argparse ``type=`` for counts where 0 is allowed (0 = off)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m keras_clip.train",
                                 description=__doc__.split("\n\nTest hook:")[0],
@@ -206,7 +195,7 @@ def main(argv=None):
     p.add_argument("--grad-accum", type=positive_int, default=None,
                    help="gradient accumulation steps")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-examples", type=_non_negative_int, default=1000,
+    p.add_argument("--eval-examples", type=non_negative_int, default=1000,
                    help="0 disables evaluation")
     p.add_argument("--save-freq", type=positive_int, default=50, help="backup every N steps")
     p.add_argument("--profile", action="store_true", help="profiler trace of steps 2-4")
