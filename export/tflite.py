@@ -148,8 +148,8 @@ def _decode_by_gather(vae):
     """``vae.decode`` with the one-hot → 1×1 conv input layer written as a row gather.
 
     Same numbers (a 1×1 conv of a one-hot vector is exactly its kernel row plus the bias), but
-    LiteRT's int8 ONE_HOT writes the off value as the zero point's neighbour (measured: 0.502
-    instead of 0 after dequantisation), which wrecks full-int8 decoders; a GATHER quantises
+    LiteRT's int8 ONE_HOT writes the off value as the zero point's neighbour instead of 0 after
+    dequantisation (BENCHMARKS.md, "TFLite parity"), which wrecks full-int8 decoders; a GATHER quantises
     cleanly and skips the vocab-wide one-hot tensor. Out-of-range ids fail in LiteRT's GATHER.
     """
     from keras import ops

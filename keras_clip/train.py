@@ -157,6 +157,7 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
         done = first_epoch * steps_per_epoch + (steps_per_epoch - steps)
         last = first_epoch + 1 if steps != steps_per_epoch else epochs
         h = model.fit(stream().repeat().skip(done), epochs=last, initial_epoch=first_epoch,
+                      shuffle=False,  # the tf.data stream is shuffled already
                       steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
         for k, v in h.history.items():
             history.setdefault(k, []).extend(v)

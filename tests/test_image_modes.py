@@ -22,13 +22,13 @@ import zlib
 import keras
 import numpy as np
 import pytest
+import skimage.data as skdata  # a dev extra: make test installs it
 import tensorflow as tf
 from PIL import Image
 
 from keras_clip.preprocessing import (OPENAI_MEAN, OPENAI_STD, CLIPImagePreprocessor,
                                       _jpeg_cmyk, _nearest_index, preprocess_images)
 
-skdata = pytest.importorskip("skimage.data")
 # PIL's own advice when the reference converts a P image with tRNS bytes; irrelevant here.
 pytestmark = pytest.mark.filterwarnings("ignore:Palette images with Transparency:UserWarning")
 

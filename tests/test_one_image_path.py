@@ -156,7 +156,6 @@ def test_the_static_check_catches_a_second_path():
 
 
 def test_tflite_inputs_come_from_the_preprocessor(clip):
-    pytest.importorskip("skimage.data")
     from export import tflite as T
     from keras_clip.data.shapes import generate_shapes
     from keras_clip.preprocessing import preprocess_images

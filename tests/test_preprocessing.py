@@ -6,13 +6,13 @@ import io
 import keras
 import numpy as np
 import pytest
+import skimage.data as skdata  # a dev extra: make test installs it
 import tensorflow as tf
 from PIL import Image
 
 from keras_clip.preprocessing import (OPENAI_MEAN, OPENAI_STD, CLIPImagePreprocessor,
                                       _resized_hw, preprocess_images)
 
-skdata = pytest.importorskip("skimage.data")
 
 MEAN = np.array(OPENAI_MEAN, np.float32)
 STD = np.array(OPENAI_STD, np.float32)

@@ -90,8 +90,7 @@ class MultiHeadAttention(keras.layers.Layer):
             compute dtype (`empty_cache`), S static. keras-hub keeps one (B, 2, S, heads,
             head_dim) tensor; here keys and values are two tensors in the attention core's
             layout because under XLA on CPU reading them out of one tensor costs a copy of
-            both per layer and step (measured: +40% per generated token; reading the stacked
-            tensor whole in both matmuls instead: +15–20%).
+            both per layer and step (BENCHMARKS.md, "Key/value cache layout").
         cache_update_index: int or int32 scalar tensor, with a cache only. The keys/values of
             ``context`` are written at positions [index, index + Lk) (prefill: many positions,
             decoding: one; the same call) and the queries attend to all S cached positions

@@ -1,4 +1,4 @@
-"""Train the DALL·E transformer with `model.fit` on captions + frozen-dVAE image tokens.
+r"""Train the DALL·E transformer with `model.fit` on captions + frozen-dVAE image tokens.
 
     python -m keras_dalle.transformer.train --data shapes --vae runs/demo/dvae.keras --preset dalle-shapes \
         --logdir runs/dalle --output runs/dalle/dalle.keras
