@@ -27,13 +27,6 @@ def is_concrete(x):
     return tf.is_tensor(x) and tf.executing_eagerly() and hasattr(x, "numpy")
 
 
-def check_choice(name, value, choices):
-    """``value`` if it is one of ``choices``; else ValueError listing them."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
-    return value
-
-
 def lookup_preset(table, name, kind):
     """A deep copy of ``table[name]``; ValueError naming the ``kind`` presets that exist.
 
