@@ -24,13 +24,21 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS) tests
 
-# The torch reference venv (open_clip, dall_e) for live parity tests and benchmarks; ~6 GB.
-$(REF_STAMP): setup.py
+# The torch reference venv (open_clip, transformers, keras-hub, dall_e, dalle-pytorch) for live
+# parity tests, fixture scripts and benchmarks; ~7 GB. Every install is held to
+# tests/reference/pins.txt (see ../shared/REFERENCE.md's recipe).
+REF_PIP = $(REF_VENV)/bin/python -m pip install --quiet -c tests/reference/pins.txt
+$(REF_STAMP): setup.py tests/reference/pins.txt
 	test -x $(REF_VENV)/bin/python || $(PYTHON) -m venv $(REF_VENV)
-	$(REF_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(REF_VENV)/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(REF_VENV)/bin/python -m pip install --quiet open-clip-torch==3.3.0 dall-e==0.1 attrs
-	$(REF_VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	# pip < 24.1: pytorch-lightning 1.7.7 (dalle-pytorch's) has metadata newer pips refuse.
+	$(REF_VENV)/bin/python -m pip install --quiet 'pip<24.1'
+	$(REF_PIP) torch torchvision
+	$(REF_PIP) -e '.[dev,hub]'
+	$(REF_PIP) open-clip-torch dall-e==0.1 attrs transformers
+	$(REF_PIP) --no-deps dalle-pytorch==1.6.6 taming-transformers-rom1504 pytorch-lightning==1.7.7 \
+		torchmetrics==0.11.4
+	$(REF_PIP) axial-positional-embedding rotary-embedding-torch einops ftfy regex tokenizers \
+		omegaconf pyDeprecate 'setuptools>=70,<80'
 	touch $(REF_STAMP)
 
 # Tests that compare against the torch references live (the `torch` marker), full-size included.

@@ -24,5 +24,6 @@ setup(
                 "ai-edge-litert"],
         "serving": ["tensorflow-serving-api==2.21.*", "grpcio"],
         "lite": ["ai-edge-litert", "scikit-image"],  # export.tflite checks parity on its photos
+        "hub": ["keras-hub"],  # load_pretrained of keras-hub CLIP preset folders
     },
 )

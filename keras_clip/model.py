@@ -55,6 +55,8 @@ class CLIP(BuiltInInitModel, keras.Model):
     ``vision_patch_size=None`` selects the ModifiedResNet image tower (``vision_layers`` is then
     the four stage depths), otherwise a VisionTransformer. ``text_encoder`` is ``"transformer"``
     (OpenAI's causal text tower) or ``"cbow"`` (the bag-of-words baseline of the CLIP paper).
+    ``activation`` ("quick_gelu", OpenAI's, or "gelu", open_clip's plain-named models) and
+    ``layer_norm_epsilon`` (1e-5, torch's default) apply to both transformer towers.
 
     ``call({"images", "token_ids"})`` returns ``logits_per_image`` (B_img, B_txt),
     ``logits_per_text`` (its transpose) and the L2-normalised ``image_embeds``/``text_embeds``;
@@ -71,7 +73,7 @@ class CLIP(BuiltInInitModel, keras.Model):
                  vision_heads=None, context_length=77, vocab_size=49408, text_width=512,
                  text_heads=8, text_layers=12, text_encoder="transformer",
                  activation="quick_gelu", mlp_ratio=4.0,
-                 logit_scale_init=math.log(1 / 0.07), **kwargs):
+                 logit_scale_init=math.log(1 / 0.07), layer_norm_epsilon=1e-5, **kwargs):
         super().__init__(**kwargs)
         if text_encoder not in ("transformer", "cbow"):
             raise ValueError(f"text_encoder must be 'transformer' or 'cbow', got {text_encoder!r}")
@@ -89,6 +91,7 @@ class CLIP(BuiltInInitModel, keras.Model):
         self.activation = activation
         self.mlp_ratio = mlp_ratio
         self.logit_scale_init = logit_scale_init
+        self.layer_norm_epsilon = layer_norm_epsilon
         policy = self.dtype_policy
         if vision_patch_size is None:
             if not isinstance(self.vision_layers, list) or len(self.vision_layers) != 4:
@@ -101,11 +104,12 @@ class CLIP(BuiltInInitModel, keras.Model):
             self.vision_heads = vision_heads or vision_width // 64
             self.visual = VisionTransformer(image_size, vision_patch_size, vision_width,
                                             self.vision_layers, self.vision_heads, embed_dim,
-                                            mlp_ratio, activation, name="visual", dtype=policy)
+                                            mlp_ratio, activation, layer_norm_epsilon,
+                                            name="visual", dtype=policy)
         if text_encoder == "transformer":
             self.text = TextTransformer(vocab_size, context_length, text_width, text_layers,
                                         text_heads, embed_dim, mlp_ratio, activation,
-                                        name="text", dtype=policy)
+                                        layer_norm_epsilon, name="text", dtype=policy)
         else:
             self.text = CBOWTextEncoder(vocab_size, text_width, embed_dim, name="text", dtype=policy)
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -303,5 +307,5 @@ class CLIP(BuiltInInitModel, keras.Model):
             vocab_size=self.vocab_size, text_width=self.text_width, text_heads=self.text_heads,
             text_layers=self.text_layers, text_encoder=self.text_encoder,
             activation=self.activation, mlp_ratio=self.mlp_ratio,
-            logit_scale_init=self.logit_scale_init)
+            logit_scale_init=self.logit_scale_init, layer_norm_epsilon=self.layer_norm_epsilon)
         return config

@@ -64,3 +64,61 @@ def _class_names(expected):
         return ""
     classes = expected if isinstance(expected, tuple) else (expected,)
     return " or ".join(c.__name__ for c in classes)
+
+
+class atomic_folder:
+    """Context manager that builds a folder under a temporary name beside ``path`` and renames it
+    to ``path`` when the block ends without an error (on an error the temporary folder is
+    removed and nothing at ``path`` changes).
+
+    ``path`` must not exist unless ``overwrite=True``; an existing folder is then replaced (moved
+    aside, the new one renamed in, the old one deleted).
+
+    Example:
+        >>> with atomic_folder("out/model") as tmp:
+        ...     write_files(tmp)
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        NotADirectoryError: ``path`` exists and is a file.
+    """
+
+    def __init__(self, path, overwrite=False):
+        self.path = os.path.abspath(os.fspath(path))
+        self.overwrite = overwrite
+        self.tmp = None
+
+    def __enter__(self):
+        if os.path.isfile(self.path):
+            raise NotADirectoryError(f"{self.path} exists and is a file, not a folder")
+        if os.path.exists(self.path) and not self.overwrite:
+            raise FileExistsError(f"{self.path} already exists; choose another folder or pass "
+                                  "overwrite=True (--overwrite)")
+        parent = os.path.dirname(self.path)
+        os.makedirs(parent, exist_ok=True)
+        self.tmp = tempfile.mkdtemp(prefix="." + os.path.basename(self.path) + ".", dir=parent)
+        os.chmod(self.tmp, 0o777 & ~_umask())
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        import shutil
+
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        old = None
+        if os.path.exists(self.path):
+            old = tempfile.mkdtemp(prefix="." + os.path.basename(self.path) + ".old.",
+                                   dir=os.path.dirname(self.path))
+            os.rmdir(old)
+            os.replace(self.path, old)
+        os.replace(self.tmp, self.path)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+        return False
+
+
+def _umask():
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

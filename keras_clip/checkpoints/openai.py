@@ -1,21 +1,16 @@
-"""OpenAI / open_clip CLIP checkpoints ↔ ``keras_clip.CLIP``: the state-dict key map, the
-architecture read from tensor shapes, and `load_pretrained`.
+"""OpenAI / open_clip CLIP state dicts ↔ ``keras_clip.CLIP``: the one key map (every other
+format is translated to these names: `transformers`, `open_clip_hub`, `keras_hub`), the
+architecture read from tensor shapes, and the writer `state_dict`.
 
-Reads OpenAI TorchScript ``.pt`` archives (needs torch), open_clip state dicts (``.bin``/``.pt``/
-``.pth`` through ``torch.load(weights_only=True)``), and ``.safetensors`` / ``.npz`` without
-torch (all through `keras_clip.checkpoints.reader`). The architecture is inferred from tensor
-shapes unless a preset is given.
+`keras_clip.checkpoints.pretrained.load_pretrained` reads files and folders and uses this map.
 """
 
 import re
 
 import numpy as np
 
-from keras_clip.checkpoints.reader import numpy_state_dict, read_state_dict
-from keras_clip.model import CLIP
-from keras_clip.presets import get_preset
 
-__all__ = ["infer_config", "load_pretrained", "load_state_dict", "state_dict", "weight_map"]
+__all__ = ["infer_config", "load_state_dict", "state_dict", "weight_map"]
 
 # Keys in reference checkpoints that carry no weights of ours.
 _IGNORED = re.compile(r"(^|\.)num_batches_tracked$|^(input_resolution|context_length|vocab_size)$"
@@ -158,7 +153,12 @@ def infer_config(state_dict, source="state dict", text_heads=None, vision_heads=
     required = ["text_projection", "positional_embedding", "token_embedding.weight", "ln_final.weight"]
     missing = [k for k in required if k not in sd]
     if missing:
-        raise ValueError(f"Not a CLIP state dict: {source} is missing keys {missing}")
+        found = sorted(sd)
+        raise ValueError(
+            f"Not a CLIP state dict: {source} is missing keys {missing}; it has {len(found)} keys, "
+            f"e.g. {found[:5]}. Expected OpenAI's / open_clip's names (visual.*, transformer.*, "
+            "token_embedding.weight, ...) or transformers' (vision_model.*, text_model.*); "
+            "wrapper prefixes module. / _orig_mod. / model. are removed when every key has them")
 
     def count(pattern):
         return len({m.group(1) for k in sd for m in [re.match(pattern, k)] if m})
@@ -235,30 +235,3 @@ def state_dict(model):
         arrays = [np.asarray(v.numpy(), np.float32) for v in variables]
         out[key] = np.asarray(_TO_TORCH[convert](arrays), order="C")  # (keeps 0-d arrays 0-d)
     return out
-
-
-def load_pretrained(path_or_state_dict, preset=None, **overrides):
-    """Build a ``CLIP`` from an OpenAI / open_clip checkpoint (path or state dict).
-
-    With ``preset=None`` the architecture is inferred from the tensor shapes (`infer_config`:
-    heads = width / 64, as OpenAI's models have; a width that is not a multiple of 64 needs
-    ``preset=`` or ``text_heads=`` / ``vision_heads=``). Keyword overrides (``text_heads=...``,
-    ``activation="gelu"`` for open_clip models trained without QuickGELU, ...) apply on top.
-
-    Example:
-        >>> model = load_pretrained("ViT-B-32.pt")
-        >>> model = load_pretrained("open_clip_model.safetensors", preset="ViT-B-32")
-    """
-    if isinstance(path_or_state_dict, dict):
-        sd, source = numpy_state_dict(path_or_state_dict), "state dict"
-    else:
-        source = str(path_or_state_dict)
-        sd = read_state_dict(path_or_state_dict, "CLIP checkpoint")
-    if preset:
-        config = get_preset(preset)
-    else:
-        config = infer_config(sd, source, text_heads=overrides.get("text_heads"),
-                              vision_heads=overrides.get("vision_heads"))
-    config.update(overrides)
-    model = CLIP(**config)
-    return load_state_dict(model, sd, source)

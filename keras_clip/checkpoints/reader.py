@@ -5,20 +5,24 @@
 Every reader returns ``{key: float32 numpy array}`` after the same unwrapping rule
 (`unwrap_state_dict`): a ``{"state_dict": ...}`` (or ``{"model": ...}``) container is opened and a
 wrapper prefix that every key shares (``module.`` from DistributedDataParallel, ``_orig_mod.``
-from ``torch.compile``) is removed. torch is needed only for torch files.
+from ``torch.compile``, ``model.`` from a training module) is removed. torch is needed only for torch files.
 
 Example:
     >>> state = read_state_dict("open_clip_model.safetensors")   # {"visual.proj": array, ...}
 """
 
+import json
 import os
+import zipfile
 
 import numpy as np
 
-__all__ = ["read_state_dict", "numpy_state_dict", "unwrap_state_dict", "WRAPPER_PREFIXES"]
+__all__ = ["read_state_dict", "read_sharded_state_dict", "numpy_state_dict", "unwrap_state_dict",
+           "is_torchscript", "WRAPPER_PREFIXES"]
 
-# Prefixes that training wrappers put before every key (DDP, torch.compile).
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Prefixes that training wrappers put before every key: DistributedDataParallel, torch.compile,
+# and a ``model.`` attribute of a training module (PyTorch Lightning's ``self.model``).
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
 # Containers that hold the state dict one level down (open_clip / Lightning checkpoints).
 _CONTAINER_KEYS = ("state_dict", "model")
 
@@ -68,6 +72,51 @@ def read_state_dict(path, what="checkpoint"):
     return state
 
 
+def read_sharded_state_dict(index_path, what="checkpoint shard"):
+    """Reads a sharded checkpoint from its index (``model.safetensors.index.json`` /
+    ``pytorch_model.bin.index.json``, as transformers writes them: ``{"weight_map": {key:
+    shard file}}``) into one ``{key: float32 np.ndarray}``.
+
+    Raises:
+        ValueError naming the index: not JSON, no ``weight_map``, a shard that lacks a key the
+        index puts in it. FileNotFoundError naming a missing shard.
+    """
+    index_path = os.fspath(index_path)
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            index = json.load(f)
+    except ValueError as e:
+        raise ValueError(f"shard index {index_path} is not valid JSON: {e}") from e
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"shard index {index_path} has no \"weight_map\" object (key -> shard file)")
+    folder = os.path.dirname(index_path)
+    state = {}
+    for shard in sorted(set(weight_map.values())):
+        path = os.path.join(folder, shard)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{what} {path} (listed in {index_path}) not found")
+        part = read_state_dict(path, what)
+        wanted = [k for k, v in weight_map.items() if v == shard]
+        missing = [k for k in wanted if k not in part]
+        if missing:
+            raise ValueError(f"{what} {path} lacks {len(missing)} key(s) that {index_path} puts "
+                             f"there, e.g. {missing[:3]}")
+        state.update(part)
+    return state
+
+
+def is_torchscript(path):
+    """True if ``path`` is a TorchScript archive (OpenAI's released CLIP ``.pt`` files): a zip
+    with a ``code/`` folder. Needs no torch."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(os.fspath(path)) as z:
+            return any("/code/" in n or n.startswith("code/") for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def numpy_state_dict(obj, source="state dict"):
     """``unwrap_state_dict(obj)`` with every value as a float32 numpy array (torch tensors and
     numpy arrays alike); ValueError naming ``source`` and the key of a non-numeric entry."""
@@ -77,7 +126,7 @@ def numpy_state_dict(obj, source="state dict"):
 def unwrap_state_dict(obj, source="state dict"):
     """The flat ``{key: array}`` inside ``obj``: opens ``{"state_dict": ...}`` / ``{"model":
     ...}`` containers and a module's ``state_dict()``, and strips a wrapper prefix shared by
-    every key (``module.``, ``_orig_mod.``, repeatedly: ``module._orig_mod.``)."""
+    every key (``module.``, ``_orig_mod.``, ``model.``, repeatedly: ``module._orig_mod.``)."""
     if hasattr(obj, "state_dict") and callable(obj.state_dict):
         obj = obj.state_dict()  # a whole module: only its parameters are needed
     while isinstance(obj, dict):

@@ -1,0 +1,99 @@
+"""`export_checkpoint`: a ``keras_clip.CLIP`` back to the PyTorch world, as a transformers or an
+open_clip hub folder, written atomically.
+
+- ``format="hf"``: ``config.json`` (a ``CLIPConfig``), ``model.safetensors`` (``CLIPModel``'s key
+  names), ``preprocessor_config.json`` (``CLIPImageProcessor`` with OpenAI's resize / crop /
+  normalisation) and, for models with OpenAI's 49,408-token vocabulary, the tokenizer files
+  (``vocab.json``, ``merges.txt``, ...): ``transformers.CLIPModel.from_pretrained(folder)`` and
+  ``CLIPProcessor.from_pretrained(folder)`` load it. ViT image towers only (transformers has no
+  ResNet CLIP).
+- ``format="open_clip"``: ``open_clip_config.json`` + ``open_clip_model.safetensors``:
+  ``open_clip.create_model("local-dir:" + folder)`` loads it. ViT and ResNet.
+
+Both folders load back with `keras_clip.load_pretrained(folder)`.
+"""
+
+import json
+import os
+
+from keras_clip.checkpoints import open_clip_hub, transformers
+from keras_clip.checkpoints.openai import state_dict
+from keras_clip.saving import atomic_folder
+
+__all__ = ["FORMATS", "export_checkpoint"]
+
+FORMATS = ("hf", "open_clip")
+OPENAI_VOCAB_SIZE = 49408
+
+
+def _write_json(path, obj):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+
+
+def _image_processor_config(model):
+    # transformers' CLIPImageProcessor as openai/clip-vit-base-patch32 configures it: shortest
+    # side to image_size (bicubic, resample=3), centre crop, rescale 1/255, OpenAI's mean / std.
+    size = int(model.image_size)
+    return {
+        "image_processor_type": "CLIPImageProcessor",
+        "processor_class": "CLIPProcessor",
+        "do_resize": True, "size": {"shortest_edge": size}, "resample": 3,
+        "do_center_crop": True, "crop_size": {"height": size, "width": size},
+        "do_rescale": True, "rescale_factor": 1 / 255,
+        "do_normalize": True, "image_mean": list(open_clip_hub.OPENAI_MEAN),
+        "image_std": list(open_clip_hub.OPENAI_STD),
+        "do_convert_rgb": True,
+    }
+
+
+def export_checkpoint(model, out_dir, format="hf", overwrite=False):
+    """Writes ``model`` as a transformers (``format="hf"``) or open_clip hub
+    (``format="open_clip"``) folder at ``out_dir``.
+
+    The folder is built under a temporary name beside ``out_dir`` and renamed into place, so a
+    failure leaves nothing behind and an existing folder is replaced only whole
+    (``overwrite=True``). Weights are written float32 (safetensors).
+
+    Args:
+        model: a ``keras_clip.CLIP`` with the transformer text tower.
+        out_dir: the folder to create.
+        format: "hf" (transformers; ViT models only) or "open_clip".
+        overwrite: replace an existing ``out_dir``.
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        ValueError: an unknown format; a ResNet model for "hf"; a CBOW text tower.
+        FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
+
+    Example:
+        >>> keras_clip.export_checkpoint(model, "clip-finetuned-hf", format="hf")
+        >>> transformers.CLIPModel.from_pretrained("clip-finetuned-hf")
+    """
+    from safetensors.numpy import save_file
+
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    weights = state_dict(model)  # raises for the CBOW text tower
+    if format == "hf":
+        config = transformers.transformers_config(model)  # raises for a ResNet
+        weights = transformers.to_transformers_state_dict(weights)
+    else:
+        config = open_clip_hub.open_clip_config(model)
+    with atomic_folder(out_dir, overwrite=overwrite) as tmp:
+        if format == "hf":
+            _write_json(os.path.join(tmp, transformers.CONFIG_NAME), config)
+            save_file(weights, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+            _write_json(os.path.join(tmp, "preprocessor_config.json"),
+                        _image_processor_config(model))
+            if int(model.vocab_size) == OPENAI_VOCAB_SIZE:
+                from keras_clip.text.vocab_files import write_tokenizer_files  # noqa: PLC0415
+                write_tokenizer_files(tmp)
+        else:
+            _write_json(os.path.join(tmp, open_clip_hub.CONFIG_NAME), config)
+            save_file(weights, os.path.join(tmp, "open_clip_model.safetensors"),
+                      metadata={"format": "pt"})
+    return os.fspath(out_dir)
