@@ -198,6 +198,10 @@ def _read_config(folder):
 
 
 # --- model.weights.h5 ----------------------------------------------------------------------------
+def _is_float(array):
+    return array.dtype.kind == "f" or str(array.dtype) == "bfloat16"
+
+
 class _Weights:
     """Every dataset of the weight file(s): ``arrays`` {h5 path: numpy array}, ``names`` {layer
     group path: the ``name`` attribute of its ``vars`` group}, ``groups`` (all group paths)."""
@@ -274,7 +278,7 @@ class _Weights:
         value = self.arrays[path]
         if not float_:
             return value
-        if value.dtype.kind not in "fV" and str(value.dtype) != "bfloat16":
+        if not _is_float(value):
             raise ValueError(f"{self.source}: dataset {path!r} ({what}) is {value.dtype}, not "
                              "floating point (a quantized preset?)")
         return np.asarray(value, np.float32)
@@ -411,7 +415,7 @@ def _state_dict(weights, config, names):
     _blocks(weights, t, t_layers, "transformer", config["text_width"], state)
 
     unused = sorted(p for p, a in weights.arrays.items()
-                    if p not in weights.used and a.dtype.kind == "f")
+                    if p not in weights.used and _is_float(a))
     if unused:
         raise ValueError(f"{weights.source} holds weights that a keras-hub CLIP of this config "
                          f"does not have and keras_clip would ignore ({len(unused)}): "
