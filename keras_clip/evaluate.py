@@ -363,7 +363,7 @@ def linear_probe(train_features, train_labels, test_features, test_labels, num_c
     Returns:
         ``(metrics, details)``: metrics with CLIP_benchmark's linear-probe keys ``lp_acc1``,
         ``lp_acc5``, ``lp_mean_per_class_recall`` plus ``C`` (chosen), ``val_acc1`` (its
-        validation accuracy), ``normalized``, ``seed``; details ``{"c_sweep": {C: val acc1},
+        validation accuracy), ``seed``; details ``{"c_sweep": {C: val acc1},
         "labels", "predictions", "scores"}``. The final classifier is fit on train +
         validation with the chosen C.
 
@@ -419,7 +419,7 @@ def linear_probe(train_features, train_labels, test_features, test_labels, num_c
     m = classification_metrics(scores, ty)
     metrics = {"lp_acc1": m["acc1"], "lp_acc5": m["acc5"],
                "lp_mean_per_class_recall": m["mean_per_class_recall"], "C": c,
-               "val_acc1": sweep[peak], "normalized": True, "seed": seed}
+               "val_acc1": sweep[peak], "seed": seed}
     return metrics, {"c_sweep": {float(C_GRID[i]): a for i, a in sorted(sweep.items())},
                      "labels": ty, "predictions": scores.argmax(axis=1), "scores": scores}
 
@@ -729,8 +729,9 @@ def evaluate(model, data, task, out=None, *, model_name=None, train_data=None, c
                                       progress=progress)
         tf_, tl = encode_images(m, train_set, progress, "train images")
         xf, xl = encode_images(m, dataset, progress, "test images")
-        return linear_probe(tf_, tl, xf, xl, len(names), val_fraction=val_fraction, seed=seed,
-                            progress=progress)
+        metrics, details = linear_probe(tf_, tl, xf, xl, len(names), val_fraction=val_fraction,
+                                        seed=seed, progress=progress)
+        return {**metrics, "normalized": True}, details  # encode_images L2-normalises
 
     steps = []
     if wise_ft_zero_shot is not None:
