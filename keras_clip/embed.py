@@ -96,6 +96,9 @@ class EmbeddingSource:
         from keras_clip.data import readers
 
         self.source = os.fspath(source) if isinstance(source, (str, os.PathLike)) else source
+        if (isinstance(self.source, str) and "://" not in self.source
+                and not any(c in self.source for c in "*?[{") and not os.path.exists(self.source)):
+            raise FileNotFoundError(f"no such image folder or file: {self.source}")
         if format is None:
             is_dir = isinstance(self.source, str) and os.path.isdir(self.source)
             format = "folder" if is_dir else readers.source_format(self.source)
@@ -213,8 +216,9 @@ def decode_records(records, preprocessor, reads_files, deterministic=True):
                        .take(1).get_single_element())
         match = tf.equal(block["index"][:, None], got[None, :])  # (block, decoded)
         ok = tf.reduce_any(match, axis=1)
-        pos = tf.where(ok, tf.argmax(tf.cast(match, tf.int32), axis=1, output_type=tf.int32),
-                       tf.shape(got)[0])
+        # Position of each record among the decoded ones; len(got) (a zero image) if it failed.
+        match = tf.concat([match, tf.ones([tf.shape(match)[0], 1], tf.bool)], 1)
+        pos = tf.argmax(tf.cast(match, tf.int32), axis=1, output_type=tf.int32)
         images = tf.gather(tf.concat([images, tf.zeros([1, size, size, 3])], 0), pos)
         nodata = tf.zeros_like(ok) if reads_files else tf.equal(tf.strings.length(block["data"]), 0)
         out = {k: v for k, v in block.items() if k != "data"}
