@@ -11,7 +11,9 @@ The architecture comes from ``config.json``; the weights from the h5 file(s), in
 attribute Keras stores on each ``vars`` group (``encoder_block_3``, ``vision_projection``, ...;
 keras-hub prefixes an encoder's own layers with ``<encoder name>_`` when the encoder was rebuilt
 from a config, which is stripped), falling back to the container paths Keras derives from class
-names (``clip_encoder_layer_3``, ``dense_1``, ...) when a file has no such attributes.
+names (``clip_encoder_layer_3``, ``dense_1``, ...) when a file has no such attributes (Keras <
+3.6). Also read: sharded weights (``model.weights.json``), bfloat16 datasets (as float32), and
+Keras < 3.0.3's ``_query_dense``-style attention groups.
 
 keras-hub's CLIP (keras_hub/src/models/clip/, keras-hub 0.32) is OpenAI's CLIP, with these
 differences of representation, all mapped exactly:
@@ -26,8 +28,11 @@ differences of representation, all mapped exactly:
   ``visual.proj`` / ``text_projection`` layout; the logit scale is ``clip_head``'s variable.
 
 One difference is not expressible in ``keras_clip.CLIP``: keras-hub's text tower ends with a
-LayerNorm of epsilon 1e-6 (every other LayerNorm, and OpenAI's, uses 1e-5). The returned
-config has ``layer_norm_epsilon=1e-5``; see ``TEXT_FINAL_LAYER_NORM_EPSILON``.
+LayerNorm of epsilon 1e-6 (``TEXT_FINAL_LAYER_NORM_EPSILON``; every other LayerNorm, and
+OpenAI's, uses 1e-5). The returned config has ``layer_norm_epsilon=1e-5``, so text embeddings
+differ from keras-hub's by that epsilon: measured max abs diff 7.9e-6 on the tiny test fixture
+(values up to 1.9; 4.8e-7 with 1e-6 set on ``model.text.ln_final``) and 4.1e-6 on a random
+ViT-B/32 either way (tests/test_checkpoints_keras_hub.py).
 
 Example:
     >>> from keras_clip.checkpoints.keras_hub import is_keras_hub_preset, read_keras_hub_preset
@@ -80,7 +85,8 @@ def is_keras_hub_preset(folder):
         folder = os.fspath(folder)
         if not os.path.isdir(folder) or not os.path.isfile(os.path.join(folder, CONFIG_FILE)):
             return False
-        if any(os.path.isfile(os.path.join(folder, f)) for f in (WEIGHTS_FILE, SHARDED_WEIGHTS_FILE)):
+        weight_files = (WEIGHTS_FILE, SHARDED_WEIGHTS_FILE)
+        if any(os.path.isfile(os.path.join(folder, f)) for f in weight_files):
             return True
         return _is_keras_hub_object(_read_json(os.path.join(folder, CONFIG_FILE)))
     except (TypeError, ValueError, OSError):
@@ -192,8 +198,7 @@ def _read_config(folder):
         mlp_ratio=ratios["vision"],
         layer_norm_epsilon=LAYER_NORM_EPSILON,
     )
-    names = {"backbone": config.get("name"), "vision": vision.get("name"),
-             "text": text.get("name")}
+    names = {"vision": vision.get("name"), "text": text.get("name")}
     return kwargs, names
 
 
@@ -215,8 +220,8 @@ class _Weights:
             files = [single]
             self.source = single
         elif os.path.isfile(index):
-            weight_map = _read_json(index).get("weight_map") if isinstance(
-                _read_json(index), dict) else None
+            sharding = _read_json(index)
+            weight_map = sharding.get("weight_map") if isinstance(sharding, dict) else None
             if not isinstance(weight_map, dict) or not weight_map:
                 raise ValueError(f"{index}: no 'weight_map' naming the weight shards")
             shards = sorted({f for v in weight_map.values()
@@ -249,7 +254,8 @@ class _Weights:
         self.groups.add(path)
         if path.endswith("/vars") and "name" in obj.attrs:
             name = obj.attrs["name"]
-            self.names[path[: -len("/vars")]] = name.decode() if isinstance(name, bytes) else str(name)
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            self.names[path[: -len("/vars")]] = name
 
     def children(self, parent):
         """{layer name: group path} of the layers of the Functional model at ``parent``."""
@@ -342,21 +348,26 @@ def _blocks(weights, groups, layers, torch_prefix, width, state):
     for i in range(layers):
         g, p = groups[f"encoder_block_{i}"], f"{torch_prefix}.resblocks.{i}"
         what = f"{torch_prefix} block {i}"
-        q, k, v = (weights.get(f"{g}/attention/{n}_dense", 0, f"{what} attention {n} kernel")
+        # Keras' MultiHeadAttention sublayers: `query_dense` (a property since Keras 3.0.3),
+        # `_query_dense` (the attribute itself) in files of older Keras versions.
+        dense = {n: f"{g}/attention/{n}_dense" if f"{g}/attention/{n}_dense" in weights.groups
+                 or f"{g}/attention/_{n}_dense" not in weights.groups
+                 else f"{g}/attention/_{n}_dense" for n in ("query", "key", "value", "output")}
+        q, k, v = (weights.get(dense[n], 0, f"{what} attention {n} kernel")
                    for n in ("query", "key", "value"))
-        qb, kb, vb = (weights.get(f"{g}/attention/{n}_dense", 1, f"{what} attention {n} bias")
+        qb, kb, vb = (weights.get(dense[n], 1, f"{what} attention {n} bias")
                       for n in ("query", "key", "value"))
         for name, kernel in (("query", q), ("key", k), ("value", v)):
             if kernel.ndim != 3 or kernel.shape[0] != width:
-                raise ValueError(f"{weights.source}: {g}/attention/{name}_dense kernel has shape "
+                raise ValueError(f"{weights.source}: {dense[name]} kernel has shape "
                                  f"{kernel.shape}, expected ({width}, heads, head_dim)")
         # (width, heads, head_dim) → (width, heads * head_dim) → torch (out, in); heads major.
         state[p + ".attn.in_proj_weight"] = np.concatenate(
             [w.reshape(width, -1).T for w in (q, k, v)], axis=0)
         state[p + ".attn.in_proj_bias"] = np.concatenate([b.reshape(-1) for b in (qb, kb, vb)])
-        out = weights.get(f"{g}/attention/output_dense", 0, f"{what} attention output kernel")
+        out = weights.get(dense["output"], 0, f"{what} attention output kernel")
         state[p + ".attn.out_proj.weight"] = out.reshape(-1, width).T
-        state[p + ".attn.out_proj.bias"] = weights.get(f"{g}/attention/output_dense", 1,
+        state[p + ".attn.out_proj.bias"] = weights.get(dense["output"], 1,
                                                        f"{what} attention output bias")
         for keras_name, torch_name in (("layer_norm_1", "ln_1"), ("layer_norm_2", "ln_2")):
             state[f"{p}.{torch_name}.weight"] = weights.get(f"{g}/{keras_name}", 0,
