@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 import keras_clip
-from keras_clip.checkpoints import load_pretrained, state_dict
+from keras_clip.checkpoints import load_pretrained
 from keras_clip.cli import add_tf_logs_flag
 from keras_clip.data.shapes import class_names, generate_shapes
 from keras_clip.saving import load_model
@@ -55,19 +55,18 @@ def main(argv=None):
     graph_ids = keras_clip.CLIPTokenizer()(np.array(texts)).numpy()
     print(f"  in-graph tokenizer agrees: {bool((graph_ids == ids).all())}")
 
-    print("[2/4] write an open_clip checkpoint (a tiny random CLIP, safetensors) and load it back")
-    from safetensors.numpy import save_file
-
-    tiny = keras_clip.CLIP.from_preset("ViT-Tiny")
+    print("[2/4] export a tiny random CLIP as an open_clip hub folder and load it back")
+    tiny = keras_clip.CLIP.from_preset("ViT-Tiny", activation="gelu")
     with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "open_clip_vit_tiny.safetensors")
-        save_file(state_dict(tiny), path)
-        # Heads cannot be read from tensor shapes (inferred as width / 64, as OpenAI's): given.
-        loaded = load_pretrained(path, vision_heads=tiny.vision_heads, text_heads=tiny.text_heads)
+        out = os.path.join(folder, "open_clip_vit_tiny")
+        keras_clip.export_checkpoint(tiny, out, format="open_clip")
+        # open_clip_config.json gives the architecture (heads, activation): no argument needed.
+        loaded = load_pretrained(out)
+        files = sorted(os.listdir(out))
     tiny_ids = keras_clip.tokenize(texts, context_length=tiny.context_length)
     same = np.array_equal(tiny.encode_text(tiny_ids).numpy(), loaded.encode_text(tiny_ids).numpy())
-    print(f"  inferred architecture: ViT, {loaded.count_params():,} parameters; "
-          f"text features identical: {same}")
+    print(f"  {files}: ViT, {loaded.count_params():,} parameters, activation "
+          f"{loaded.activation!r}; text features identical: {same}")
 
     if args.model:
         model = load_model(args.model, keras_clip.CLIP)

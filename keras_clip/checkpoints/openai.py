@@ -172,6 +172,8 @@ def infer_config(state_dict, source="state dict", text_heads=None, vision_heads=
         text_heads=_heads("text", text_width, text_heads, source, "text transformer"),
         text_layers=count(r"transformer\.resblocks\.(\d+)\."),
     )
+    if "transformer.resblocks.0.mlp.c_fc.weight" in sd:  # MLP width / model width (4 in OpenAI's)
+        config["mlp_ratio"] = sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / text_width
     if "visual.proj" in sd and "visual.conv1.weight" in sd:
         width, _, patch, _ = sd["visual.conv1.weight"].shape
         grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)

@@ -68,15 +68,12 @@ _IGNORED = re.compile(r"(^|\.)position_ids$")  # buffers older files carry
 
 def is_transformers_folder(folder):
     """True if ``folder`` has a ``config.json`` that names a transformers CLIP model
-    (``"model_type": "clip"`` or a ``CLIP*`` architecture)."""
+    (``"model_type": "clip*"`` or a ``CLIP*`` architecture); ValueError naming the file if its
+    ``config.json`` is not valid JSON (rather than a vaguer error later)."""
     path = os.path.join(os.fspath(folder), CONFIG_NAME)
     if not os.path.isfile(path):
         return False
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, ValueError):
-        return False
+    config = _load_json(path, "config")
     return isinstance(config, dict) and (
         str(config.get("model_type", "")).startswith("clip")
         or any(str(a).startswith("CLIP") for a in config.get("architectures") or ()))
