@@ -154,11 +154,11 @@ def classification_data(data, image_size, batch_size=64, num_examples=1000, seed
                      f"directory (one sub-folder per class); {where!r} is not a directory")
 
 
-def retrieval_data(data, image_size, context_length, batch_size=64, num_examples=None,
+def retrieval_data(data, image_size, context_length, batch_size=64, num_examples=1000,
                    split="val", skip_counter=None):
     """Batched ``{"images", "token_ids"}`` of image–caption pairs (row i of each is a pair):
     the shapes data or shards in a format the trainer reads (``make_clip_dataset``, not
-    shuffled, the last batch kept)."""
+    shuffled, the last batch kept); at most ``num_examples`` pairs (None: every shard pair)."""
     from keras_clip.data.readers import make_clip_dataset
 
     kind, where = parse_data(data)
@@ -167,7 +167,7 @@ def retrieval_data(data, image_size, context_length, batch_size=64, num_examples
                          f".tsv/.csv); {where!r} is a directory")
     source, split = ("shapes", where) if kind == "shapes" else (where, split)
     if kind == "shapes" and num_examples is None:
-        num_examples = 1000
+        raise ValueError("the shapes data is drawn on the fly: give num_examples")
     return make_clip_dataset(source, batch_size, image_size=image_size, split=split,
                              shuffle=False, drop_remainder=False, context_length=context_length,
                              num_examples=num_examples, skip_counter=skip_counter)
@@ -619,8 +619,9 @@ def evaluate(model, data, task, out=None, *, model_name=None, train_data=None, c
         templates: zero-shot templates: a list or a file path (one per line).
         ensemble: "mean" or "max" (default per data, see the module docstring).
         batch_size: images per encoder call.
-        num_examples: shapes examples (and the cap for shards); ``train_examples`` for the
-            linear probe's shapes training data.
+        num_examples: how many shapes examples (classification: single-object images) and the
+            most pairs read from shards (None: all); ``train_examples`` for the linear
+            probe's shapes training data.
         split: the ``{split}`` of shard paths.
         seed: shapes data seed and the linear probe's validation split.
         val_fraction: the linear probe's validation share of the training data.
@@ -675,7 +676,8 @@ def evaluate(model, data, task, out=None, *, model_name=None, train_data=None, c
         check_same_architecture(wise_ft_zero_shot, model)
 
     counter = SkipCounter()
-    results = {"dataset": os.fspath(data), "model": model_name, "pretrained": model_name,
+    kind, where = parse_data(data)
+    results = {"dataset": f"shapes:{where}" if kind == "shapes" else os.fspath(data), "model": model_name, "pretrained": model_name,
                "task": task, "metrics": None, "language": "en"}
     figures, files = {}, {}
     stem = _stem(out) if out is not None else None
@@ -694,7 +696,7 @@ def evaluate(model, data, task, out=None, *, model_name=None, train_data=None, c
     # Data (iterated again for every alpha of a sweep).
     if task == "zeroshot_retrieval":
         dataset = retrieval_data(data, model.image_size, model.context_length, batch_size,
-                                 None if parse_data(data)[0] != "shapes" else num_examples,
+                                 num_examples,
                                  split, counter)
     else:
         dataset, names, default_templates, default_ensemble = classification_data(
@@ -808,7 +810,10 @@ def main(argv=None):
                         "prototypes; shapes default)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--num-examples", type=positive_int, default=1000,
-                   help="shapes examples (classification: single-object images)")
+                   help="shapes examples (classification: single-object images); with shards "
+                        "the most pairs to read (--all-pairs: every one)")
+    p.add_argument("--all-pairs", action="store_true",
+                   help="retrieval / similarity on shards: read every pair")
     p.add_argument("--train-examples", type=positive_int, default=5000,
                    help="linear probe on shapes: training examples")
     p.add_argument("--split", default="val", help="fills {split} in shard paths")
@@ -821,7 +826,8 @@ def main(argv=None):
                    help="similarity: number of images and captions")
     p.add_argument("--wise-ft-zero-shot", default=None,
                    help="zero-shot model A: evaluate WiSE-FT(A, --model, alpha) for each --alphas")
-    p.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    p.add_argument("--alphas", type=float, nargs="+", default=None,
+                   help="WiSE-FT alphas in [0, 1] (default 0 0.25 0.5 0.75 1)")
     p.add_argument("--logdir", default=None, help="also write the results to TensorBoard")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or table")
     add_tf_logs_flag(p)
@@ -830,20 +836,27 @@ def main(argv=None):
         p.error(f"--out must end in .json, got {args.out!r}")
     if not 0.0 < args.val_fraction < 1.0:
         p.error(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
-    if args.wise_ft_zero_shot and any(not 0.0 <= a <= 1.0 for a in args.alphas):
+    if args.alphas is not None and not args.wise_ft_zero_shot:
+        p.error("--alphas needs --wise-ft-zero-shot (the zero-shot model to interpolate with)")
+    if args.alphas is not None and any(not 0.0 <= a <= 1.0 for a in args.alphas):
         p.error(f"--alphas must be in [0, 1], got {args.alphas}")
+    num_examples = args.num_examples
+    if args.all_pairs:
+        if args.data == "shapes" or args.data.startswith("shapes:"):
+            p.error("--all-pairs is for shards; the shapes data is drawn: use --num-examples")
+        num_examples = None
     import keras_clip  # noqa: F401  (registers CLIP for loading)
 
     try:
         results = evaluate(
             args.model, args.data, args.task, args.out, train_data=args.train_data,
             classnames=args.classnames, templates=args.templates, ensemble=args.ensemble,
-            batch_size=args.batch_size, num_examples=args.num_examples,
+            batch_size=args.batch_size, num_examples=num_examples,
             train_examples=args.train_examples, split=args.split, seed=args.seed,
             val_fraction=args.val_fraction,
             match_identical_captions=not args.no_match_identical_captions,
             similarity_count=args.count, wise_ft_zero_shot=args.wise_ft_zero_shot,
-            alphas=args.alphas, logdir=args.logdir, progress=not args.no_progress)
+            alphas=args.alphas or (0.0, 0.25, 0.5, 0.75, 1.0), logdir=args.logdir, progress=not args.no_progress)
     except (FileNotFoundError, NotADirectoryError, ValueError, TypeError) as e:
         raise SystemExit(f"evaluate: error: {e}") from None
     shown = {k: v for k, v in results["metrics"].items()}

@@ -365,3 +365,27 @@ def test_cli(tiny_pair, colour_folder, tmp_path, capsys):
         ev.main(["--model", model, "--data", "shapes", "--task", "zeroshot_classification",
                  "--out", str(tmp_path / "x.png")])
     assert e.value.code == 2 and "--out must end in .json" in capsys.readouterr().err
+
+
+def test_retrieval_and_similarity_on_a_caption_shard_skip_unreadable_images(tiny_pair, tmp_path):
+    rows = ["filepath\ttitle"]
+    colours = {"red": (220, 20, 20), "green": (30, 210, 40), "blue": (30, 60, 220)}
+    for name, rgb in colours.items():
+        _write_png(str(tmp_path / "img" / f"{name}.png"), rgb)
+        rows.append(f"img/{name}.png\ta {name} square")
+    rows.append("img/missing.png\ta lost picture")  # unreadable: skipped and counted
+    (tmp_path / "img" / "bad.png").write_bytes(b"not a png at all")
+    rows.append("img/bad.png\ta broken picture")
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("\n".join(rows) + "\n")
+    results = ev.evaluate(tiny_pair[0], str(tsv), "zeroshot_retrieval", str(tmp_path / "r.json"),
+                          num_examples=None, progress=False)
+    assert results["num_examples"] == 3 and results["skipped"]["bad_image"] == 2
+    # 3 pairs: recall@5 and @10 find everything.
+    assert results["metrics"]["image_retrieval_recall@5"] == 1.0
+    assert results["metrics"]["text_retrieval_recall@10"] == 1.0
+    sim = ev.evaluate(tiny_pair[0], str(tsv), "similarity", str(tmp_path / "s.json"),
+                      similarity_count=8, progress=False)
+    assert sim["captions"] == ["a red square", "a green square", "a blue square"]
+    assert sim["skipped"]["bad_image"] == 2
+    assert (tmp_path / "s.similarity.png").read_bytes()[:8] == PNG
