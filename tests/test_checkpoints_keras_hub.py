@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 
 import h5py
 import numpy as np
@@ -111,6 +112,12 @@ def test_tiny_preset_mapping_is_exact_with_keras_hub_text_epsilon():
     logits = np.asarray(model({"images": ref["images"], "token_ids": ref["token_ids"]})
                         ["logits_per_image"])
     np.testing.assert_allclose(logits, ref["vision_logits"], atol=1e-5, rtol=0)
+
+
+def test_reading_needs_no_keras_hub(monkeypatch):
+    monkeypatch.setitem(sys.modules, "keras_hub", None)  # `import keras_hub` now fails
+    config, state = read_keras_hub_preset(TINY)
+    assert config["embed_dim"] == 24 and "visual.proj" in state
 
 
 def test_vision_position_ids_pick_the_position_embedding_rows(preset):
