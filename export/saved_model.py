@@ -10,6 +10,9 @@ merge requests):
   (softmax over ``exp(logit_scale) · cosine``, the model's learned scale), ``label_index``
   int64 [B] and ``label`` tf.string [B]. Each label is put into the export's prompt template
   (default ``"a photo of a {}."``; ``--template "{}"`` uses the labels verbatim).
+* with ``--index DIR``: ``search`` (``texts`` + ``k``) and ``search_image`` (``images`` + ``k``)
+  → ``ids`` tf.string [B, k] and ``scores`` float32 [B, k], exact top-k over the collection's
+  embeddings stored in the SavedModel (see ``export.search_signature``).
 
 Embeddings are L2-normalised. Texts are tokenised in the graph by ``CLIPTokenizer`` (TF core +
 TF Text ops; longer texts are truncated), images are decoded and preprocessed in the graph by
@@ -212,8 +215,11 @@ def write_version_atomic(base_path, version, write, overwrite=False):
 
 
 def export_clip(model, base_path, version=None, overwrite=False, template=DEFAULT_TEMPLATE,
-                warmup=True, model_name="clip"):
+                warmup=True, model_name="clip", index=None):
     """Export ``model`` (a ``keras_clip.CLIP``) to ``base_path/<version>``; returns that path.
+
+    ``index`` (an index directory, see ``export.search_signature``) adds the ``search`` and
+    ``search_image`` signatures with that collection's embeddings stored in the SavedModel.
 
     ``version`` defaults to the largest existing version + 1 (1 for a new base path). An
     existing version raises FileExistsError unless ``overwrite=True``. ``warmup=True`` writes
@@ -227,14 +233,20 @@ def export_clip(model, base_path, version=None, overwrite=False, template=DEFAUL
 
     base_path = os.fspath(base_path)
     version = next_version(base_path, version, overwrite)
-    module = CLIPServingModule(model, template=template)
+    requests = clip_warmup_requests(model_name, model.image_size)
+    if index is None:
+        module = CLIPServingModule(model, template=template)
+    else:
+        from export.search_signature import CLIPSearchModule, search_warmup_requests
+        module = CLIPSearchModule.from_index(model, index, template=template)
+        requests += search_warmup_requests(model_name, model.image_size)
     signatures = module.signatures()
 
     def write(tmp):
         tf.saved_model.save(module, tmp, signatures=signatures,
                             options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
         if warmup:
-            write_warmup_requests(tmp, clip_warmup_requests(model_name, model.image_size))
+            write_warmup_requests(tmp, requests)
 
     return write_version_atomic(base_path, version, write, overwrite=overwrite)
 
@@ -272,13 +284,17 @@ def main(argv=None):
     parser.add_argument("--template", default=DEFAULT_TEMPLATE,
                         help="zero-shot prompt template with one {} (default %(default)r)")
     parser.add_argument("--no-warmup", action="store_true", help="skip assets.extra warmup file")
+    parser.add_argument("--index", default=None, metavar="DIR",
+                        help="an image index directory (keras_clip.index layout): adds the "
+                             "'search' and 'search_image' signatures with its embeddings inside")
     add_tf_logs_flag(parser)
     args = parser.parse_args(argv)
     return run_export_cli(args.model, args.base_path, args.version, args.overwrite, lambda version:
                           export_clip(load_clip_model(args.model), args.base_path, version,
                                       args.overwrite, args.template, warmup=not args.no_warmup,
                                       model_name=os.path.basename(
-                                          os.path.normpath(args.base_path))))
+                                          os.path.normpath(args.base_path)),
+                                      index=args.index))
 
 
 if __name__ == "__main__":
