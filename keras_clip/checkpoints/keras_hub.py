@@ -135,7 +135,7 @@ def _check_dtype(config, path):
 
 
 def _read_config(folder):
-    """(keras_clip.CLIP kwargs, vision layers, text layers) from ``folder/config.json``."""
+    """(keras_clip.CLIP kwargs, {"vision" / "text": encoder name}) from ``folder/config.json``."""
     path = os.path.join(folder, CONFIG_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"keras-hub preset {folder} has no {CONFIG_FILE}")
