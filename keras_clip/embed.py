@@ -448,7 +448,7 @@ def _check_sizes(batch_size, shard_size, dtype, replicas=1):
 
 def embed_images(model, data, out, *, batch_size=256, shard_size=None, dtype="float16",
                  strategy="mirrored", cpu_replicas=None, jit_compile=True, format=None,
-                 image_key=None, caption_key=None, sep="\t", progress=True):
+                 image_key=None, caption_key=None, sep="\t", progress=True, on_batch=None):
     """Embeds every image of ``data`` with ``model``'s image tower into ``out`` (see the module
     docstring for the layout); resumes an interrupted run of the same job.
 
@@ -468,6 +468,8 @@ def embed_images(model, data, out, *, batch_size=256, shard_size=None, dtype="fl
         image_key, caption_key, sep: reader options (TFRecord feature / WebDataset extension /
             TSV column names; TSV separator).
         progress: show a tqdm progress bar (images/s, ETA when the record count is known).
+        on_batch: optional callable, called with the number of records this run has processed
+            after each batch (monitoring; benchmarks/embed_throughput.py times batches with it).
 
     Returns:
         the manifest (dict), also written to ``out/manifest.json``.
@@ -527,6 +529,8 @@ def embed_images(model, data, out, *, batch_size=256, shard_size=None, dtype="fl
             seen += real
             if bar is not None:
                 bar.update(real)
+            if on_batch is not None:
+                on_batch(n * batch_size - batch_size + real)
             if n == kill_at:  # test hook: die as a SIGKILL from outside would
                 os.kill(os.getpid(), signal.SIGKILL)
             if seen == shard_size:
