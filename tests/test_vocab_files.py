@@ -141,7 +141,8 @@ def test_missing_and_extra_tokens_are_named(written, tmp_path):
     vocab["not-a-token</w>"] = 49408
     _write_vocab(folder, vocab)
     with pytest.raises(ValueError, match=r"vocab\.json: 49409 tokens, keras_clip's vocabulary has "
-                                         r"49408; token 'not-a-token</w>' \(id 49408\) is not in it"):
+                                         r"49408; token 'not-a-token</w>' \(id 49408\) is not "
+                                         r"in it"):
         check_tokenizer_files(folder)
 
 
@@ -242,7 +243,8 @@ import json, sys
 from transformers import CLIPProcessor, CLIPTokenizer, CLIPTokenizerFast
 folder, texts = sys.argv[1], json.loads(sys.argv[2])
 out = {}
-for name, cls in (("slow", CLIPTokenizer), ("fast", CLIPTokenizerFast), ("processor", CLIPProcessor)):
+for name, cls in (("slow", CLIPTokenizer), ("fast", CLIPTokenizerFast),
+                  ("processor", CLIPProcessor)):
     tok = cls.from_pretrained(folder)
     tok = getattr(tok, "tokenizer", tok)
     out[name] = dict(type=type(tok).__name__, max_len=tok.model_max_length,
@@ -258,7 +260,8 @@ def test_transformers_loads_written_folder(tmp_path):
         pytest.skip("needs transformers (in .venv-ref: `make test-ref`)")
     folder = tmp_path / "clip"
     write_tokenizer_files(folder, image_size=224)
-    texts = ["a photo of a cat", "Hello, World!", "It's 3:00 o'clock in São Paulo — 東京タワー 🐱",
+    texts = ["a photo of a cat", "Hello, World!",
+             "It's 3:00 o'clock in São Paulo — 東京タワー 🐱",
              "a diagram of a transformer model " * 20]  # the last one is truncated at 77
     run = subprocess.run([sys.executable, "-c", _LOAD, str(folder), json.dumps(texts)],
                          capture_output=True, text=True, timeout=600)
