@@ -18,6 +18,13 @@ folder on the Hugging Face hub:
 folder's files with it, so that a folder whose vocabulary differs is an error rather than a
 model that silently reads other ids.
 
+Same vocabulary is not same ids: transformers (5.x: one ``CLIPTokenizer`` class on the
+``tokenizers`` library; ``CLIPTokenizerFast`` is the same class) runs no ftfy and no
+html.unescape, splits whitespace and lowercases with its own tables, and reads
+``<|startoftext|>`` in the text as a special token where OpenAI / open_clip read
+``<start_of_text>``. Plain captions tokenise the same; benchmarks/tokenizer_vs_transformers.py
+measures and classes the differences.
+
 >>> paths = write_tokenizer_files("/tmp/clip_folder")
 >>> check_tokenizer_files("/tmp/clip_folder")
 True
