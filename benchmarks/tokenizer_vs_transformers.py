@@ -224,6 +224,19 @@ def keras_clip_ids(texts, batch_size, graph):
     return out
 
 
+def openai_clip_ids(texts):
+    """Ids of openai/CLIP's own simple_tokenizer, emulated: keras_clip's SimpleTokenizer (which
+    is open_clip's) with the special tokens spelled <|startoftext|> / <|endoftext|>, as
+    openai/CLIP spells them."""
+    from keras_clip.text.tokenizer import SimpleTokenizer, _PATTERN
+    tok = SimpleTokenizer()
+    tok.cache = {"<|startoftext|>": (SOT,), "<|endoftext|>": (EOT,)}
+    tok.pattern = regex.compile(_PATTERN.replace("<start_of_text>|<end_of_text>",
+                                                 r"<\|startoftext\|>|<\|endoftext\|>"),
+                                regex.IGNORECASE)
+    return [truncated(tok.encode(t)) for t in texts]
+
+
 def _first_diff(a, b):
     return next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
@@ -299,6 +312,13 @@ def main():
                 examples.append(f"{texts[i][:50]!r} [{cats[i]}] → @{k}: "
                                 f"{ref[i][k:k + 3]} vs {got[k:k + 3]}")
             print(f"| {c} | {len(idx)} | {'; '.join(examples)} |")
+        special = by_class.get(SPECIAL_CLASS, [])
+        if special:
+            orig = openai_clip_ids([texts[i] for i in special])
+            same = sum(o == entry["ids"][i] for o, i in zip(orig, special))
+            print(f"\nOf the {len(special)} special-token texts, {same} equal openai/CLIP's own "
+                  f"tokenizer (open_clip's with <|startoftext|> / <|endoftext|> as the special "
+                  f"spellings, emulated)")
         fixes = collections.defaultdict(list)
         for i, names in entry["ftfy_fixes"].items():
             for fix in names:
