@@ -522,7 +522,8 @@ def plot_wise_ft_sweep(alphas, metrics, path, keys=None):
     ``metrics`` is a list of dicts, one per alpha. Returns ``path``."""
     from matplotlib.figure import Figure
 
-    keys = keys or [k for k, v in metrics[0].items() if isinstance(v, float)]
+    keys = keys or [k for k, v in metrics[0].items()  # the [0, 1] metrics (not the probe's C)
+                    if isinstance(v, float) and k != "C"]
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     for k in keys:
