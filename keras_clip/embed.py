@@ -497,8 +497,17 @@ def embed_images(model, data, out, *, batch_size=256, shard_size=None, dtype="fl
     states = finished_shards(staging)
     start = len(states) * shard_size
 
-    encode = make_image_encoder(model, jit_compile)
     per_replica = batch_size // replicas
+    encoders = {}  # one compiled function per replica: an XLA program reads its own device's
+    # copy of the variables (one function for all replicas reads replica 1's from device 0)
+
+    def encode(images):
+        replica = tf.get_static_value(tf.distribute.get_replica_context()
+                                      .replica_id_in_sync_group)
+        replica = 0 if replica is None else int(replica)
+        if replica not in encoders:
+            encoders[replica] = make_image_encoder(model, jit_compile)
+        return encoders[replica](images)
 
     @tf.function
     def step(images):
