@@ -87,16 +87,16 @@ def search_top_k(queries, embeddings, k):
     batch = tf.shape(queries)[0]
     k = checked(k, tf.debugging.Assert(
         tf.logical_or(tf.equal(tf.size(k), 1), tf.equal(tf.size(k), batch)),
-        ["k: expected one value per query ([B]) or one for the batch ([1]); got", tf.size(k),
-         "values for a batch of", batch]))
+        [tf.strings.format("k: expected one value per query ([B]) or one for the batch ([1]); "
+                           "got {} values for a batch of {}", (tf.size(k), batch))]))
     k = checked(  # after the size check: k[0] exists
         k,
-        tf.debugging.Assert(tf.reduce_all(tf.equal(k, k[0])),
-                            ["k: all values must be equal (one k per request), got", k],
-                            summarize=16),
-        tf.debugging.Assert(tf.logical_and(tf.reduce_all(k >= 1), tf.reduce_all(k <= n)),
-                            ["k must be between 1 and the collection size", n, "got", k],
-                            summarize=16))
+        tf.debugging.Assert(tf.reduce_all(tf.equal(k, k[0])), [tf.strings.format(
+            "k: all values must be equal (one k per request), got {}", k, summarize=16)]),
+        tf.debugging.Assert(
+            tf.logical_and(tf.reduce_all(k >= 1), tf.reduce_all(k <= n)),
+            [tf.strings.format("k must be between 1 and the collection size ({} images), got {}",
+                               (n, k), summarize=16)]))
     scores = tf.matmul(queries, embeddings, transpose_b=True)  # [B, N] cosine
     top = tf.math.top_k(scores, k=k[0], sorted=True)
     return top.indices, top.values

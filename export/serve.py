@@ -17,9 +17,14 @@ docker; production should run stock TF Serving (see the README).
   batch or non-image bytes → INVALID_ARGUMENT naming the problem; a message over the size limit
   → RESOURCE_EXHAUSTED (grpc's own check).
 
+* ``--rest-port 8501`` also serves TF Serving's REST API (``export.rest``) on the same models;
+  ``--ui`` adds the search page (``export/web``) at ``http://HOST:REST_PORT/ui/`` and ``--index
+  DIR`` the collection's image files at ``/images/<id>`` for its thumbnails.
+
 Example:
     $ python -m export.serve --model-config runs/demo/serving/models.config --port 8500
     serving on 127.0.0.1:8500
+    $ python -m export.serve --model-config models.config --rest-port 8501 --ui --index DIR
 """
 
 import argparse
@@ -374,8 +379,18 @@ def main(argv=None):
                         help="turn off Grappler: versions load and warm up ~4x faster, requests "
                              "run up to ~2x slower (the tokenizer's big constant tables make "
                              "graph optimisation slow)")
+    parser.add_argument("--rest-port", type=int, default=None,
+                        help="also serve TF Serving's REST API on this port (0 picks a free "
+                             "port; default: no REST API)")
+    parser.add_argument("--ui", action="store_true",
+                        help="serve the search page at /ui/ on the REST port (needs --rest-port)")
+    parser.add_argument("--index", default=None, metavar="DIR",
+                        help="an embedding folder (python -m keras_clip.embed) whose image files "
+                             "the REST port serves at /images/<id>, for the page's thumbnails")
     add_tf_logs_flag(parser)
     args = parser.parse_args(argv)
+    if (args.ui or args.index) and args.rest_port is None:
+        parser.error("--ui and --index need --rest-port")
     if args.fast_load:
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
@@ -387,9 +402,27 @@ def main(argv=None):
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    collection = None
+    if args.index:
+        from export.search_signature import load_collection
+        try:
+            collection = load_collection(args.index)
+        except (OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     registry.start()
     server, port = make_server(registry, args.host, args.port, args.max_message_bytes, args.workers)
     server.start()
+    rest = None
+    if args.rest_port is not None:
+        from export.rest import WEB_DIR, make_rest_server, serve_in_thread
+        rest, rest_port = make_rest_server(registry, args.host, args.rest_port,
+                                           ui_dir=WEB_DIR if args.ui else None,
+                                           collection=collection)
+        serve_in_thread(rest)
+        log(f"REST API on {args.host}:{rest_port}")
+        if args.ui:
+            log(f"search page at http://{args.host}:{rest_port}/ui/")
     stopped = threading.Event()
 
     def stop(signum, frame):
@@ -404,6 +437,8 @@ def main(argv=None):
     while not stopped.wait(0.5):
         pass
     registry.stop()
+    if rest is not None:
+        rest.shutdown()
     server.stop(grace=5).wait()
     log("stopped")
     return 0
