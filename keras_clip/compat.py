@@ -30,6 +30,14 @@ def build_optimizer_slots(model):
             model.optimizer.build(model.trainable_variables)
 
 
+def sublayers(layer):
+    """``layer`` and every layer inside it, at any depth (``layer._flatten_layers()``,
+    keras/src/layers/layer.py). Keras 3 has no public walk over a layer's sub-layers (only
+    ``Model.layers``, one level deep); tower locking needs it to find the BatchNormalization and
+    LayerNormalization layers of a group."""
+    return list(layer._flatten_layers(include_self=True))
+
+
 def weight_decay_excluded(optimizer, variables):
     """The ``variables`` that ``optimizer`` trains without weight decay ([] if it has none).
 

@@ -1,4 +1,5 @@
-"""CLIP's symmetric contrastive loss with global-batch negatives under tf.distribute."""
+"""CLIP's losses under tf.distribute, with global-batch negatives: the symmetric contrastive
+(softmax) loss and SigLIP's pairwise sigmoid loss."""
 
 import tensorflow as tf
 
@@ -41,3 +42,36 @@ def contrastive_loss(image_embeds, text_embeds, logit_scale):
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits
     per_sample = (ce(labels, logits_per_image) + ce(labels, logits_per_text)) / 2
     return tf.reduce_mean(per_sample)
+
+
+def sigmoid_loss(image_embeds, text_embeds, logit_scale, logit_bias):
+    """SigLIP's pairwise sigmoid loss (Zhai et al. 2023, "Sigmoid Loss for Language Image
+    Pre-Training", eq. 1; open_clip's ``SigLipLoss``) against the global batch.
+
+    Args:
+        image_embeds, text_embeds: L2-normalised float32 (n, D) on this replica; row i of each
+            is a matching pair.
+        logit_scale: ln of the logit multiplier t (scalar; SigLIP initialises t = 10).
+        logit_bias: the learnt bias b (scalar; SigLIP initialises it to -10).
+
+    Every image on this replica is scored against every text of the global batch (texts are
+    gathered from all replicas, with gradients): ``z_ij = t · x_i·y_j + b``, label +1 for the
+    matching pair and -1 otherwise; the loss is ``-Σ_ij log σ(label_ij · z_ij) / n``. Averaged
+    over replicas it equals one device's loss over the whole batch (open_clip's neighbour
+    exchange computes the same sum).
+
+    Returns:
+        a float32 scalar.
+    """
+    all_texts, rank = gather_features(text_embeds)
+    n = tf.shape(image_embeds)[0]
+    big_n = tf.shape(all_texts)[0]
+    scale = tf.exp(tf.cast(logit_scale, tf.float32))
+    logits = scale * tf.matmul(image_embeds, all_texts, transpose_b=True) + tf.cast(
+        logit_bias, tf.float32)  # (n, N)
+    positives = tf.one_hot(tf.range(n) + n * tf.cast(rank, tf.int32), big_n)  # (n, N)
+    labels = 2.0 * positives - 1.0
+    return -tf.reduce_sum(tf.math.log_sigmoid(labels * logits)) / tf.cast(n, tf.float32)
+
+
+LOSSES = ("contrastive", "siglip")

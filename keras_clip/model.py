@@ -7,7 +7,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_clip.loss import contrastive_loss
+from keras_clip import locking
+from keras_clip.loss import LOSSES, contrastive_loss, sigmoid_loss
 from keras_clip.preprocessing import normalize_uint8
 from keras_clip.presets import get_preset
 from keras_clip.compat import BuiltInInitModel, build_optimizer_slots, weight_decay_excluded
@@ -24,6 +25,21 @@ MAX_LOGIT_SCALE = math.log(100.0)
 def _relative_path(variable):
     """A variable's path without the model's name (``clip/visual/proj`` → ``visual/proj``)."""
     return variable.path.split("/", 1)[-1]
+
+
+def _tf_variables(variables):
+    """The ``tf.Variable`` behind each Keras variable (what ``tf.GradientTape.watch`` takes)."""
+    return [v.value for v in variables]
+
+
+def _add_gradients(a, b):
+    """a + b for gradients that may be None or IndexedSlices (the token embedding's)."""
+    if a is None or b is None:
+        return b if a is None else a
+    if isinstance(a, tf.IndexedSlices) and isinstance(b, tf.IndexedSlices):
+        return tf.IndexedSlices(tf.concat([a.values, b.values], 0),
+                                tf.concat([a.indices, b.indices], 0), a.dense_shape)
+    return tf.convert_to_tensor(a) + tf.convert_to_tensor(b)
 
 
 def l2_normalize(x, axis=-1):
@@ -57,6 +73,8 @@ class CLIP(BuiltInInitModel, keras.Model):
     (OpenAI's causal text tower) or ``"cbow"`` (the bag-of-words baseline of the CLIP paper).
     ``activation`` ("quick_gelu", OpenAI's, or "gelu", open_clip's plain-named models) and
     ``layer_norm_epsilon`` (1e-5, torch's default) apply to both transformer towers.
+    ``logit_bias_init`` (None: no bias) adds SigLIP's learnt logit bias (SigLIP: -10, with
+    ``logit_scale_init=math.log(10)``), as open_clip's ``init_logit_bias``.
 
     ``call({"images", "token_ids"})`` returns ``logits_per_image`` (B_img, B_txt),
     ``logits_per_text`` (its transpose) and the L2-normalised ``image_embeds``/``text_embeds``;
@@ -73,7 +91,8 @@ class CLIP(BuiltInInitModel, keras.Model):
                  vision_heads=None, context_length=77, vocab_size=49408, text_width=512,
                  text_heads=8, text_layers=12, text_encoder="transformer",
                  activation="quick_gelu", mlp_ratio=4.0,
-                 logit_scale_init=math.log(1 / 0.07), layer_norm_epsilon=1e-5, **kwargs):
+                 logit_scale_init=math.log(1 / 0.07), layer_norm_epsilon=1e-5,
+                 logit_bias_init=None, **kwargs):
         super().__init__(**kwargs)
         if text_encoder not in ("transformer", "cbow"):
             raise ValueError(f"text_encoder must be 'transformer' or 'cbow', got {text_encoder!r}")
@@ -92,6 +111,9 @@ class CLIP(BuiltInInitModel, keras.Model):
         self.mlp_ratio = mlp_ratio
         self.logit_scale_init = logit_scale_init
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.logit_bias_init = logit_bias_init
+        self.logit_bias = None
+        self.image_tower_locked = self.text_tower_locked = False  # wholly locked (see lock_*)
         policy = self.dtype_policy
         if vision_patch_size is None:
             if not isinstance(self.vision_layers, list) or len(self.vision_layers) != 4:
@@ -121,6 +143,10 @@ class CLIP(BuiltInInitModel, keras.Model):
         self.logit_scale = self.add_weight(
             name="logit_scale", shape=(), initializer=keras.initializers.Constant(self.logit_scale_init),
             constraint=ClipLogitScale(), autocast=False)  # float32 logits under mixed precision
+        if self.logit_bias_init is not None:
+            self.logit_bias = self.add_weight(
+                name="logit_bias", shape=(), autocast=False,
+                initializer=keras.initializers.Constant(self.logit_bias_init))
         self.visual.build()
         self.text.build()
         self.built = True
@@ -197,6 +223,8 @@ class CLIP(BuiltInInitModel, keras.Model):
         image_embeds = l2_normalize(ops.cast(self.encode_image(inputs["images"], training), "float32"))
         text_embeds = l2_normalize(ops.cast(self.encode_text(inputs["token_ids"]), "float32"))
         logits_per_image = ops.exp(self.logit_scale) * ops.matmul(image_embeds, ops.transpose(text_embeds))
+        if self.logit_bias is not None:  # SigLIP: sigmoid(logits) is the match probability
+            logits_per_image = logits_per_image + self.logit_bias
         return {
             "logits_per_image": logits_per_image,
             "logits_per_text": ops.transpose(logits_per_image),
@@ -205,19 +233,44 @@ class CLIP(BuiltInInitModel, keras.Model):
         }
 
     # --- training: symmetric contrastive loss with global-batch negatives -------------------------
-    def compile(self, optimizer="adamw", *, xla_towers=True, **kwargs):
-        """Configure training; the CLIP loss is built in, so no ``loss`` argument is needed.
+    def compile(self, optimizer="adamw", *, loss=None, accum_freq=1, xla_towers=True, **kwargs):
+        """Configure training; the loss is CLIP's own, named, not a Keras loss.
 
         Args:
+            optimizer: a Keras optimizer or its name.
+            loss: "contrastive" (default: CLIP's symmetric softmax loss) or "siglip" (SigLIP's
+                pairwise sigmoid loss; needs a model built with ``logit_bias_init``). Negatives
+                come from the global batch under every tf.distribute strategy.
+            accum_freq: split each (per-replica) batch into this many micro-batches and
+                accumulate without losing negatives (open_clip's ``--accum-freq``): every
+                micro-batch's features are first computed without gradients and kept, then each
+                micro-batch is recomputed with gradients and scored against all the kept
+                features; the summed gradients are the whole batch's. Memory is that of one
+                micro-batch's backward pass; the forward pass runs twice. BatchNorm (ResNet
+                towers) sees micro-batch statistics, as in open_clip.
             xla_towers: run the per-replica tower forward/backward as one XLA-compiled function.
                 Keras' own ``jit_compile`` would put the whole distributed step into one XLA
                 cluster, which fails under MirroredStrategy; compiling only the per-replica
                 tower computation works under every strategy.
+
+        Raises:
+            ValueError: an unknown loss, "siglip" on a model without a logit bias, or
+                ``accum_freq`` not an int >= 1.
         """
-        if kwargs.get("loss") is not None:
-            raise ValueError("CLIP computes its contrastive loss itself; call compile() without `loss`")
+        loss = "contrastive" if loss is None else loss
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES} (CLIP computes it itself), got {loss!r}")
+        if loss == "siglip" and self.logit_bias is None:
+            raise ValueError("loss='siglip' needs SigLIP's logit bias: build the model with "
+                             "logit_bias_init=-10.0 (and logit_scale_init=math.log(10)), e.g. "
+                             "CLIP.from_preset(name, logit_bias_init=-10.0, "
+                             "logit_scale_init=math.log(10))")
+        if isinstance(accum_freq, bool) or not isinstance(accum_freq, int) or accum_freq < 1:
+            raise ValueError(f"accum_freq must be an int >= 1, got {accum_freq!r}")
+        self.clip_loss = loss
+        self.accum_freq = accum_freq
         self.xla_towers = xla_towers
-        self._tower_fn = None
+        self._tower_fns = {}
         super().compile(optimizer=optimizer, **kwargs)
 
     def get_compile_config(self):
@@ -227,6 +280,8 @@ class CLIP(BuiltInInitModel, keras.Model):
         config = super().get_compile_config()
         if config:  # {} when the model was never compiled: it loads uncompiled
             config["xla_towers"] = bool(getattr(self, "xla_towers", True))
+            config["clip_loss"] = getattr(self, "clip_loss", "contrastive")
+            config["accum_freq"] = int(getattr(self, "accum_freq", 1))
             excluded = weight_decay_excluded(self.optimizer, self.trainable_variables)
             if excluded:
                 config["no_weight_decay"] = [_relative_path(v) for v in excluded]
@@ -236,9 +291,13 @@ class CLIP(BuiltInInitModel, keras.Model):
         """Re-compiles a loaded model as it was saved: `keras.saving.load_model` returns it
         compiled, its optimizer built (so its state, the iteration count included, is restored),
         with the same weight-decay exclusions."""
+        config = dict(config)
+        loss, accum_freq = config.pop("clip_loss", None), config.pop("accum_freq", 1)
+        config.pop("loss", None)
         config = dict(keras.saving.deserialize_keras_object(config))
         no_decay = set(config.pop("no_weight_decay", None) or ())
-        self.compile(**{k: v for k, v in config.items() if v is not None})
+        self.compile(loss=loss, accum_freq=accum_freq,
+                     **{k: v for k, v in config.items() if v is not None})
         if no_decay:
             self.optimizer.exclude_from_weight_decay(
                 var_list=[v for v in self.trainable_variables if _relative_path(v) in no_decay])
@@ -261,12 +320,67 @@ class CLIP(BuiltInInitModel, keras.Model):
         txt = l2_normalize(ops.cast(self.encode_text(token_ids), "float32"))
         return img, txt
 
-    def _towers(self, images, token_ids, training):
+    def embed_images(self, images, training=False):
+        """L2-normalised float32 image embeddings (B, embed_dim)."""
+        return l2_normalize(ops.cast(self.encode_image(images, training=training), "float32"))
+
+    def embed_texts(self, token_ids):
+        """L2-normalised float32 text embeddings (B, embed_dim)."""
+        return l2_normalize(ops.cast(self.encode_text(token_ids), "float32"))
+
+    def _tower_fn(self, name):
+        fn = getattr(self, name)
         if not getattr(self, "xla_towers", False):
-            return self.embed_pair(images, token_ids, training)
-        if self._tower_fn is None:
-            self._tower_fn = tf.function(self.embed_pair, jit_compile=True, reduce_retracing=True)
-        return self._tower_fn(images, token_ids, training)
+            return fn
+        if getattr(self, "_tower_fns", None) is None:
+            self._tower_fns = {}
+        if name not in self._tower_fns:
+            self._tower_fns[name] = tf.function(fn, jit_compile=True, reduce_retracing=True)
+        return self._tower_fns[name]
+
+    def _towers(self, images, token_ids, training, tape=None):
+        """Both towers' normalised embeddings. A wholly locked tower runs on its own, unrecorded
+        by ``tape`` (no backward pass through it); otherwise both run as one XLA function."""
+        if not (self.image_tower_locked or self.text_tower_locked) or tape is None:
+            return self._tower_fn("embed_pair")(images, token_ids, training)
+        if self.image_tower_locked:
+            with tape.stop_recording():
+                img = tf.stop_gradient(self._tower_fn("embed_images")(images, training))
+        else:
+            img = self._tower_fn("embed_images")(images, training)
+        if self.text_tower_locked:
+            with tape.stop_recording():
+                txt = tf.stop_gradient(self._tower_fn("embed_texts")(token_ids))
+        else:
+            txt = self._tower_fn("embed_texts")(token_ids)
+        return img, txt
+
+    def _loss(self, img, txt):
+        if getattr(self, "clip_loss", "contrastive") == "siglip":
+            return sigmoid_loss(img, txt, self.logit_scale, self.logit_bias)
+        return contrastive_loss(img, txt, self.logit_scale)
+
+    # --- tower locking (LiT), open_clip's names -------------------------------------------------
+    def lock_image_tower(self, unlocked_groups=0, freeze_bn_stats=False):
+        """Freezes the image tower but its last ``unlocked_groups`` groups (open_clip's
+        ``lock_image_tower``; LiT with 0). ``freeze_bn_stats`` also stops the frozen groups'
+        BatchNorm statistics (ResNet towers). Call before ``compile``. Groups: see
+        `keras_clip.locking`. ValueError if ``unlocked_groups`` exceeds the groups."""
+        groups = locking.image_tower_groups(self)
+        locking.lock_groups(groups, unlocked_groups, "image tower", freeze_batch_norm=freeze_bn_stats)
+        self.image_tower_locked = unlocked_groups == 0
+        return self
+
+    def lock_text_tower(self, unlocked_layers=0, freeze_layer_norm=True):
+        """Freezes the text tower but its last ``unlocked_layers`` groups (open_clip's
+        ``lock_text_tower``). ``freeze_layer_norm=False`` leaves the frozen groups' LayerNorm
+        gains and biases trainable. Call before ``compile``. ValueError if ``unlocked_layers``
+        exceeds the groups (``text_layers + 2``)."""
+        groups = locking.text_tower_groups(self)
+        locking.lock_groups(groups, unlocked_layers, "text tower",
+                            keep_layer_norm=not freeze_layer_norm)
+        self.text_tower_locked = unlocked_layers == 0 and freeze_layer_norm
+        return self
 
     def _unpack(self, data):
         x = data[0] if isinstance(data, (tuple, list)) else data
@@ -277,22 +391,59 @@ class CLIP(BuiltInInitModel, keras.Model):
 
     def train_step(self, data):
         images, token_ids = self._unpack(data)
-        with tf.GradientTape() as tape:
-            img, txt = self._towers(images, token_ids, True)
-            loss = contrastive_loss(img, txt, self.logit_scale)
-            # Gradients are summed over replicas by the optimizer: average them instead.
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            scaled = self.optimizer.scale_loss(loss / replicas)
-        grads = tape.gradient(scaled, self.trainable_weights)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
+        variables = self.trainable_weights
+        # Gradients are summed over replicas by the optimizer: average them instead.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        k = getattr(self, "accum_freq", 1)
+        if k == 1:
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(_tf_variables(variables))  # only these: frozen ones cost no backward
+                img, txt = self._towers(images, token_ids, True, tape)
+                loss = self._loss(img, txt)
+                scaled = self.optimizer.scale_loss(loss / replicas)
+            grads = tape.gradient(scaled, _tf_variables(variables))
+        else:
+            loss, grads = self._accumulated_gradients(images, token_ids, variables, k, replicas)
+        self.optimizer.apply_gradients(zip(grads, variables))
         self.loss_tracker.update_state(loss)
         return self._logs(loss=self.loss_tracker.result(), temperature=tf.exp(self.logit_scale),
                           learning_rate=self.optimizer.learning_rate)
 
+    def _accumulated_gradients(self, images, token_ids, variables, k, replicas):
+        """open_clip's ``--accum-freq``: the whole batch's loss and gradients from ``k``
+        micro-batches, each backward pass holding one micro-batch's activations."""
+        batch = images.shape[0]
+        if batch is not None and batch % k:
+            raise ValueError(f"accum_freq {k} does not divide the per-replica batch {batch}")
+        image_parts = tf.split(images, k)  # k × (B / k, H, W, 3)
+        id_parts = tf.split(token_ids, k)
+        # 1. every micro-batch's features, without gradients
+        cached = [self._towers(i, t, True) for i, t in zip(image_parts, id_parts)]
+        cached = [(tf.stop_gradient(a), tf.stop_gradient(b)) for a, b in cached]
+        loss, total = None, [None] * len(variables)
+        for j in range(k):
+            # 2. micro-batch j again, with gradients, against the others' cached features
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(_tf_variables(variables))
+                img_j, txt_j = self._towers(image_parts[j], id_parts[j], True, tape)
+                img = tf.concat([c[0] for c in cached[:j]] + [img_j] + [c[0] for c in cached[j + 1:]], 0)
+                txt = tf.concat([c[1] for c in cached[:j]] + [txt_j] + [c[1] for c in cached[j + 1:]], 0)
+                loss_j = self._loss(img, txt)  # the whole batch's loss (same value every j)
+                scaled = self.optimizer.scale_loss(loss_j / replicas)
+            grads = tape.gradient(scaled, _tf_variables(variables))
+            total = [_add_gradients(t, g) for t, g in zip(total, grads)]
+            loss = loss_j if loss is None else loss
+        # The towers' gradients sum over j to the whole batch's; the logit scale / bias get the
+        # whole batch's gradient in every one of the k passes: keep one.
+        shared = {id(v) for v in (self.logit_scale, self.logit_bias) if v is not None}
+        total = [g / k if id(v) in shared and g is not None else g
+                 for v, g in zip(variables, total)]
+        return loss, total
+
     def test_step(self, data):
         images, token_ids = self._unpack(data)
         img, txt = self._towers(images, token_ids, False)
-        self.loss_tracker.update_state(contrastive_loss(img, txt, self.logit_scale))
+        self.loss_tracker.update_state(self._loss(img, txt))
         return self._logs(loss=self.loss_tracker.result())
 
     def _logs(self, **values):
@@ -307,5 +458,6 @@ class CLIP(BuiltInInitModel, keras.Model):
             vocab_size=self.vocab_size, text_width=self.text_width, text_heads=self.text_heads,
             text_layers=self.text_layers, text_encoder=self.text_encoder,
             activation=self.activation, mlp_ratio=self.mlp_ratio,
-            logit_scale_init=self.logit_scale_init, layer_norm_epsilon=self.layer_norm_epsilon)
+            logit_scale_init=self.logit_scale_init, layer_norm_epsilon=self.layer_norm_epsilon,
+            logit_bias_init=self.logit_bias_init)
         return config

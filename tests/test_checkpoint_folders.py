@@ -303,7 +303,6 @@ def test_open_clip_folder_errors(tmp_path):
     folder = _copy("open_clip_vit_gelu", tmp_path)
     cases = [
         (lambda c: c["model_cfg"]["vision_cfg"].update(timm_model_name="vit_base"), r"timm image tower"),
-        (lambda c: c["model_cfg"].update(init_logit_bias=-10), r"SigLIP"),
         (lambda c: c["model_cfg"]["text_cfg"].update(hf_model_name="roberta-base"), r"Hugging Face text tower"),
         (lambda c: c["model_cfg"].pop("text_cfg"), r"model_cfg lacks \['text_cfg'\]"),
         (lambda c: c.pop("model_cfg"), r"has no \"model_cfg\""),

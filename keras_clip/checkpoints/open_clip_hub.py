@@ -97,8 +97,7 @@ def config_from_open_clip(model_cfg, source=CONFIG_NAME):
 
     Raises:
         ValueError naming ``source`` and the field: options open_clip has and OpenAI's CLIP does
-        not (timm / Hugging Face towers, attentional pooling, layer scale, SigLIP's logit bias,
-        other poolings, ...), towers with different MLP ratios or LayerNorm eps, non-square images.
+        not (timm / Hugging Face towers, attentional pooling, layer scale, other poolings, ...), towers with different MLP ratios or LayerNorm eps, non-square images.
     """
     if not isinstance(model_cfg, dict):
         raise ValueError(f"{source}: model_cfg must be an object, got {type(model_cfg).__name__}")
@@ -106,9 +105,6 @@ def config_from_open_clip(model_cfg, source=CONFIG_NAME):
     if missing:
         raise ValueError(f"{source}: model_cfg lacks {missing} (open_clip's model config has "
                          "embed_dim, vision_cfg and text_cfg)")
-    if model_cfg.get("init_logit_bias") is not None:
-        raise ValueError(f"{source}: init_logit_bias is set (a SigLIP model, with a learnt logit "
-                         "bias); keras_clip's CLIP has no logit bias yet")
     vision = dict(_VISION_DEFAULTS, **model_cfg["vision_cfg"])
     text = dict(_TEXT_DEFAULTS, **model_cfg["text_cfg"])
     _check_unsupported(vision, _VISION_UNSUPPORTED, "vision_cfg", source)
@@ -124,6 +120,8 @@ def config_from_open_clip(model_cfg, source=CONFIG_NAME):
                   text_layers=int(text["layers"]),
                   activation="quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu",
                   layer_norm_epsilon=eps.pop())
+    if model_cfg.get("init_logit_bias") is not None:  # SigLIP-trained: a learnt logit bias
+        config["logit_bias_init"] = float(model_cfg["init_logit_bias"])
     layers = vision["layers"]
     if isinstance(layers, (list, tuple)):
         if len(layers) != 4:
@@ -239,6 +237,8 @@ def open_clip_config(model):
             cfg["norm_kwargs"] = {"eps": float(model.layer_norm_epsilon)}
     model_cfg = dict(embed_dim=int(model.embed_dim), quick_gelu=model.activation == "quick_gelu",
                      vision_cfg=vision_cfg, text_cfg=text_cfg)
+    if model.logit_bias is not None:
+        model_cfg["init_logit_bias"] = float(model.logit_bias_init)
     preprocess_cfg = dict(mean=list(OPENAI_MEAN), std=list(OPENAI_STD), interpolation="bicubic",
                           resize_mode="shortest")
     return {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}

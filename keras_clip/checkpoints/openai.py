@@ -90,6 +90,8 @@ def weight_map(model):
         raise ValueError("Only CLIP models with the transformer text tower have reference "
                          f"checkpoints; this model uses text_encoder={model.text_encoder!r}")
     out = {"logit_scale": ([model.logit_scale], _same)}
+    if model.logit_bias is not None:  # SigLIP's (open_clip's init_logit_bias models)
+        out["logit_bias"] = ([model.logit_bias], _same)
     v = model.visual
     if model.vision_patch_size is not None:
         out["visual.conv1.weight"] = ([v.conv1.kernel], _conv)

@@ -287,6 +287,9 @@ def transformers_config(model):
     if model.text_encoder != "transformer":
         raise ValueError(f"transformers' CLIPTextModel is a transformer; this model uses "
                          f"text_encoder={model.text_encoder!r}")
+    if model.logit_bias is not None:
+        raise ValueError("transformers' CLIPModel has no logit bias, which this (SigLIP-trained) "
+                         "model has: export it with format='open_clip'")
     text_mlp = int(round(model.text_width * model.mlp_ratio))
     vision_mlp = int(round(model.vision_width * model.mlp_ratio))
     eps = float(model.layer_norm_epsilon)

@@ -1,6 +1,7 @@
 """One SGD step of a tiny CLIP on a fixed global batch of 8; writes loss + weights to an npz.
 
     python clip_sgd_step.py OUT.npz --strategy one|mirrored|multi_worker [--xla]
+        [--accum-freq K] [--loss contrastive|siglip]
 
 Used by tests/test_train_distributed.py (run in a subprocess: logical devices and TF_CONFIG
 must be set before TensorFlow starts).
@@ -16,6 +17,8 @@ parser.add_argument("out")
 parser.add_argument("--strategy", default="one")
 parser.add_argument("--xla", action="store_true")
 parser.add_argument("--steps", type=int, default=1)
+parser.add_argument("--accum-freq", type=int, default=1)
+parser.add_argument("--loss", default="contrastive")
 args = parser.parse_args()
 
 import tensorflow as tf  # noqa: E402
@@ -48,8 +51,11 @@ ds = ds.with_options(options)
 
 keras.utils.set_random_seed(1)
 with strategy.scope():
-    model = CLIP.from_preset("ViT-Tiny")
-    model.compile(optimizer=keras.optimizers.SGD(0.1), xla_towers=args.xla, jit_compile=False)
+    siglip = dict(logit_bias_init=-10.0, logit_scale_init=float(np.log(10))) \
+        if args.loss == "siglip" else {}
+    model = CLIP.from_preset("ViT-Tiny", **siglip)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), xla_towers=args.xla, jit_compile=False,
+                  loss=args.loss, accum_freq=args.accum_freq)
 history = model.fit(ds, epochs=1, verbose=0)
 np.savez(args.out, loss=history.history["loss"][0], replicas=strategy.num_replicas_in_sync,
          **{f"w{i}": v.numpy() for i, v in enumerate(model.weights)})
