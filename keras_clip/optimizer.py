@@ -21,11 +21,12 @@ def warmup_cosine(learning_rate, total_steps, warmup_steps):
 
 
 def clip_optimizer(model, total_steps, learning_rate=5e-4, warmup_steps=None, weight_decay=0.2,
-                   beta_1=0.9, beta_2=None, epsilon=None, gradient_accumulation_steps=None):
+                   beta_1=0.9, beta_2=None, epsilon=None):
     """AdamW configured as open_clip trains CLIP.
 
     Betas and epsilon default by image tower as in the CLIP paper: ViT (0.9, 0.98, 1e-6),
-    ResNet (0.9, 0.999, 1e-8). ``gradient_accumulation_steps`` uses Keras' built-in accumulation.
+    ResNet (0.9, 0.999, 1e-8). For accumulation use ``CLIP.compile(accum_freq=k)``, which keeps
+    every negative (Keras' optimizer accumulation would average k separate small-batch losses).
 
     Example:
         >>> model.compile(optimizer=clip_optimizer(model, total_steps=10_000, warmup_steps=500))
@@ -36,7 +37,6 @@ def clip_optimizer(model, total_steps, learning_rate=5e-4, warmup_steps=None, we
                                     warmup_steps if warmup_steps is not None else total_steps // 20),
         weight_decay=weight_decay, beta_1=beta_1,
         beta_2=beta_2 if beta_2 is not None else (0.98 if vit else 0.999),
-        epsilon=epsilon if epsilon is not None else (1e-6 if vit else 1e-8),
-        gradient_accumulation_steps=gradient_accumulation_steps)
+        epsilon=epsilon if epsilon is not None else (1e-6 if vit else 1e-8))
     optimizer.exclude_from_weight_decay(var_list=no_decay_variables(model))
     return optimizer

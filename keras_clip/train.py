@@ -3,6 +3,12 @@ r"""Train CLIP with ``model.fit`` on the built-in shapes data or image–caption
     python -m keras_clip.train --preset ViT-S-Demo --data shapes --epochs 10 --batch-size 128 \
         --logdir runs/clip --output runs/clip/clip.keras
 
+Fine-tuning, open_clip's way: ``--init-from CHECKPOINT`` starts from pretrained weights (a
+``.keras`` model or anything `keras_clip.load_pretrained` reads; the architecture comes from it),
+``--lock-image`` / ``--lock-text`` lock towers (LiT: ``--lock-image`` alone), ``--accum-freq K``
+accumulates K micro-batches without losing negatives, ``--loss siglip`` trains with SigLIP's
+sigmoid loss.
+
 The run resumes from ``<logdir>/backup`` when restarted, at the batch after its last backup
 (every ``--save-freq`` steps and at each epoch end); steps trained after that backup are
 trained again. A run whose backup already holds every step of ``--epochs`` trains nothing
@@ -62,12 +68,70 @@ def shapes_eval_data(image_size, num_examples, seed=0, context_length=77):
     return shapes.class_names(), zero_shot, retrieval, sample
 
 
+def _initial_model(init_from, preset, loss, overrides):
+    """The model to train: a preset, or ``init_from``'s architecture and weights (plus SigLIP's
+    logit bias when switching to loss="siglip": bias -10 and logit scale ln 10, SigLIP's init)."""
+    import math
+
+    from keras_clip.checkpoints import load_pretrained
+    from keras_clip.model import CLIP
+    from keras_clip.saving import load_model
+
+    siglip = dict(logit_bias_init=-10.0, logit_scale_init=math.log(10.0))
+    if init_from is None:
+        return CLIP.from_preset(preset, **(siglip if loss == "siglip" else {}), **overrides)
+    if os.fspath(init_from).endswith(".keras"):
+        source = load_model(init_from, CLIP)
+    else:
+        source = load_pretrained(init_from, **overrides)
+        overrides = {}
+    if loss != "siglip" or source.logit_bias is not None:
+        if not overrides:
+            return source
+        siglip = {}
+    config = dict(source.get_config(), **overrides, **siglip)
+    config.pop("name", None)
+    model = CLIP.from_config(config)
+    fresh = {"logit_scale", "logit_bias"} if siglip else set()
+    by_path = {v.path.split("/", 1)[-1]: v for v in source.weights}
+    for variable in model.weights:
+        key = variable.path.split("/", 1)[-1]
+        if key in fresh:
+            continue
+        if key not in by_path or tuple(by_path[key].shape) != tuple(variable.shape):
+            raise ValueError(f"--init-from {init_from}: cannot copy {key} into the model built "
+                             f"with {overrides}")
+        variable.assign(by_path[key])
+    return model
+
+
+def lock_towers(model, lock_image=False, lock_image_unlocked_groups=0,
+                lock_image_freeze_bn_stats=False, lock_text=False, lock_text_unlocked_layers=0,
+                lock_text_freeze_layer_norm=True):
+    """Applies the ``--lock-*`` options (open_clip's) to ``model``; returns a one-line summary."""
+    if not lock_image and (lock_image_unlocked_groups or lock_image_freeze_bn_stats):
+        raise ValueError("--lock-image-unlocked-groups / --lock-image-freeze-bn-stats need "
+                         "--lock-image")
+    if not lock_text and lock_text_unlocked_layers:
+        raise ValueError("--lock-text-unlocked-layers needs --lock-text")
+    before = len(model.trainable_weights)
+    if lock_image:
+        model.lock_image_tower(lock_image_unlocked_groups, lock_image_freeze_bn_stats)
+    if lock_text:
+        model.lock_text_tower(lock_text_unlocked_layers, lock_text_freeze_layer_norm)
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+    return (f"{before - len(model.trainable_weights)} of {before} weight tensors locked; "
+            f"{trainable:,} trainable parameters")
+
+
 def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
                steps_per_epoch=None, logdir="runs/clip", output=None, learning_rate=5e-4,
                warmup_steps=None, weight_decay=0.2, strategy="default", cpu_replicas=None,
                mixed_precision=False, xla=True, seed=0, eval_examples=1000, save_freq=50,
-               profile=False, deterministic=True, gradient_accumulation_steps=None,
-               num_examples=None, verbose=1, **model_overrides):
+               profile=False, deterministic=True, num_examples=None, verbose=1, init_from=None,
+               loss="contrastive", accum_freq=1, lock_image=False, lock_image_unlocked_groups=0,
+               lock_image_freeze_bn_stats=False, lock_text=False, lock_text_unlocked_layers=0,
+               lock_text_freeze_layer_norm=True, **model_overrides):
     """Build, train and save a CLIP; returns ``(model, history_dict)``.
 
     ``batch_size`` is the global batch (split over replicas); ``data`` is "shapes" or a shard
@@ -75,6 +139,11 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
 
     ``history["already_complete"]`` is True when the backup in ``logdir`` already held every
     step of the run (nothing trained).
+
+    Fine-tuning: ``init_from`` (a ``.keras`` model or a checkpoint `load_pretrained` reads;
+    ``preset`` is then ignored), ``loss`` ("contrastive" or "siglip"), ``accum_freq`` (micro-batches
+    per step, see ``CLIP.compile``), and the ``lock_*`` options (see `lock_towers`). Raises
+    ValueError when ``accum_freq`` × replicas does not divide ``batch_size``.
 
     Example:
         >>> model, history = train_clip("ViT-Tiny", epochs=1, batch_size=32, steps_per_epoch=5)
@@ -100,7 +169,15 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
         logdir = tempfile.mkdtemp(prefix="keras_clip_worker_")
 
     with strategy.scope():
-        model = CLIP.from_preset(preset, **model_overrides)
+        model = _initial_model(init_from, preset, loss, model_overrides)
+    if batch_size % (accum_freq * strategy.num_replicas_in_sync):
+        raise ValueError(f"accum_freq {accum_freq} x {strategy.num_replicas_in_sync} replica(s) "
+                         f"does not divide the batch size {batch_size}")
+    lock_summary = lock_towers(model, lock_image, lock_image_unlocked_groups,
+                               lock_image_freeze_bn_stats, lock_text, lock_text_unlocked_layers,
+                               lock_text_freeze_layer_norm)
+    if lock_image or lock_text:
+        print(f"Locked towers: {lock_summary}")
     skip_counter = SkipCounter()
 
     def stream():
@@ -121,7 +198,7 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
     with strategy.scope():
         model.compile(optimizer=clip_optimizer(
             model, total_steps, learning_rate=learning_rate, warmup_steps=warmup_steps,
-            weight_decay=weight_decay, gradient_accumulation_steps=gradient_accumulation_steps),
+            weight_decay=weight_decay), loss=loss, accum_freq=accum_freq,
             xla_towers=xla, jit_compile=False)
     backup = cb.ResumableBackup(os.path.join(logdir, "backup"), save_freq=save_freq)
     backup.set_model(model)
@@ -176,7 +253,25 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m keras_clip.train",
                                 description=__doc__.split("\n\nTest hook:")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="ViT-S-Demo")
+    p.add_argument("--preset", default=None, help="architecture (default ViT-S-Demo; not with "
+                                                  "--init-from)")
+    p.add_argument("--init-from", default=None,
+                   help="start from these weights: a .keras model, or a checkpoint file / folder "
+                        "load_pretrained reads (architecture taken from it)")
+    p.add_argument("--loss", default="contrastive", choices=["contrastive", "siglip"])
+    p.add_argument("--accum-freq", type=positive_int, default=1,
+                   help="micro-batches per step, keeping every negative (open_clip's)")
+    p.add_argument("--lock-image", action="store_true", help="lock the image tower (LiT)")
+    p.add_argument("--lock-image-unlocked-groups", type=non_negative_int, default=0,
+                   help="leave the last N groups of the image tower unlocked")
+    p.add_argument("--lock-image-freeze-bn-stats", action="store_true",
+                   help="freeze the locked groups' BatchNorm statistics")
+    p.add_argument("--lock-text", action="store_true", help="lock the text tower")
+    p.add_argument("--lock-text-unlocked-layers", type=non_negative_int, default=0,
+                   help="leave the last N groups of the text tower unlocked")
+    p.add_argument("--lock-text-freeze-layer-norm", action="store_true",
+                   help="also freeze the locked layers' LayerNorms (as open_clip's CLI, they "
+                        "stay trainable without this flag)")
     p.add_argument("--data", default="shapes", help='"shapes" or shard path/glob (.tfrecord, .tar, .tsv)')
     p.add_argument("--epochs", type=positive_int, default=10)
     p.add_argument("--batch-size", type=positive_int, default=128, help="global batch size")
@@ -193,8 +288,6 @@ def main(argv=None):
                    help="split the CPU into N logical devices (with --strategy mirrored)")
     p.add_argument("--mixed-precision", action="store_true", help="mixed_bfloat16, loss in float32")
     p.add_argument("--no-xla", action="store_true", help="don't XLA-compile the per-replica towers")
-    p.add_argument("--grad-accum", type=positive_int, default=None,
-                   help="gradient accumulation steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-examples", type=non_negative_int, default=1000,
                    help="0 disables evaluation")
@@ -204,16 +297,27 @@ def main(argv=None):
     p.add_argument("--verbose", type=int, default=1)
     add_tf_logs_flag(p)
     args = p.parse_args(argv)
+    if args.init_from and (args.preset or args.text_encoder):
+        p.error("--init-from takes the architecture from the checkpoint: leave out --preset / "
+                "--text-encoder")
     overrides = {"text_encoder": args.text_encoder} if args.text_encoder else {}
-    _, history = train_clip(
-        preset=args.preset, data=args.data, epochs=args.epochs, batch_size=args.batch_size,
-        steps_per_epoch=args.steps_per_epoch, logdir=args.logdir, output=args.output,
-        learning_rate=args.lr, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
-        strategy=args.strategy, cpu_replicas=args.cpu_replicas,
-        mixed_precision=args.mixed_precision, xla=not args.no_xla, seed=args.seed,
-        eval_examples=args.eval_examples, save_freq=args.save_freq, profile=args.profile,
-        gradient_accumulation_steps=args.grad_accum, num_examples=args.num_examples,
-        verbose=args.verbose, **overrides)
+    try:
+        _, history = train_clip(
+            preset=args.preset or "ViT-S-Demo", data=args.data, epochs=args.epochs,
+            batch_size=args.batch_size,
+            steps_per_epoch=args.steps_per_epoch, logdir=args.logdir, output=args.output,
+            learning_rate=args.lr, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
+            strategy=args.strategy, cpu_replicas=args.cpu_replicas,
+            mixed_precision=args.mixed_precision, xla=not args.no_xla, seed=args.seed,
+            eval_examples=args.eval_examples, save_freq=args.save_freq, profile=args.profile,
+            num_examples=args.num_examples, verbose=args.verbose, init_from=args.init_from,
+            loss=args.loss, accum_freq=args.accum_freq, lock_image=args.lock_image,
+            lock_image_unlocked_groups=args.lock_image_unlocked_groups,
+            lock_image_freeze_bn_stats=args.lock_image_freeze_bn_stats, lock_text=args.lock_text,
+            lock_text_unlocked_layers=args.lock_text_unlocked_layers,
+            lock_text_freeze_layer_norm=args.lock_text_freeze_layer_norm, **overrides)
+    except (ValueError, FileNotFoundError) as e:  # bad options / files, named by the message
+        p.exit(2, f"{p.prog}: error: {e}\n")
     final = {k: v[-1] for k, v in history.items() if isinstance(v, list) and v}
     summary = (f"trained {history['steps_run']} steps (global step {history['start_step']} -> "
                f"{history['end_step']}) in {history['train_seconds']:.0f}s")

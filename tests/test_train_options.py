@@ -64,35 +64,3 @@ def test_mixed_bfloat16_computes_in_bfloat16_keeps_float32_weights_and_loss(bf16
     assert np.all(np.isfinite(losses))
     assert all(w.dtype == "float32" for w in model.trainable_weights)
     assert any(not np.allclose(b, w.numpy()) for b, w in zip(before, model.trainable_weights))
-
-
-def test_gradient_accumulation_applies_the_mean_gradient_every_n_steps():
-    keras.utils.set_random_seed(2)
-    model = CLIP.from_preset("ViT-Tiny")
-    batches = _batches(2, seed=3)
-    w0 = [w.numpy().copy() for w in model.trainable_weights]
-
-    def grads(batch):
-        with tf.GradientTape() as tape:
-            img, txt = model.embed_pair(tf.constant(batch["images"]), tf.constant(batch["token_ids"]),
-                                        training=True)
-            loss = contrastive_loss(img, txt, model.logit_scale)
-        return [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, model.trainable_weights)]
-
-    g_a, g_b = grads(batches[0]), grads(batches[1])
-    lr = 0.5
-    model.compile(optimizer=keras.optimizers.SGD(lr, gradient_accumulation_steps=2),
-                  xla_towers=False, jit_compile=False)
-    model.fit(_dataset(batches[:1]), epochs=1, verbose=0)
-    # After the first of two micro-batches nothing is applied yet.
-    for before, w in zip(w0, model.trainable_weights):
-        np.testing.assert_array_equal(before, w.numpy())
-    model.fit(_dataset(batches[1:]), epochs=1, verbose=0)
-    changed = 0
-    for before, w, a, b in zip(w0, model.trainable_weights, g_a, g_b):
-        expected = before - lr * (a + b) / 2
-        if w.name == "logit_scale":
-            expected = np.clip(expected, 0.0, np.log(100.0))
-        np.testing.assert_allclose(w.numpy(), expected, atol=2e-5, err_msg=w.name)
-        changed += not np.allclose(before, w.numpy())
-    assert changed > len(w0) // 2
