@@ -75,6 +75,8 @@ class CLIP(BuiltInInitModel, keras.Model):
     ``layer_norm_epsilon`` (1e-5, torch's default) apply to both transformer towers.
     ``logit_bias_init`` (None: no bias) adds SigLIP's learnt logit bias (SigLIP: -10, with
     ``logit_scale_init=math.log(10)``), as open_clip's ``init_logit_bias``.
+    ``text_final_layer_norm_epsilon`` (None: ``layer_norm_epsilon``) is the text tower's last
+    LayerNorm's (keras-hub's CLIP uses 1e-6 there).
 
     ``call({"images", "token_ids"})`` returns ``logits_per_image`` (B_img, B_txt),
     ``logits_per_text`` (its transpose) and the L2-normalised ``image_embeds``/``text_embeds``;
@@ -92,7 +94,7 @@ class CLIP(BuiltInInitModel, keras.Model):
                  text_heads=8, text_layers=12, text_encoder="transformer",
                  activation="quick_gelu", mlp_ratio=4.0,
                  logit_scale_init=math.log(1 / 0.07), layer_norm_epsilon=1e-5,
-                 logit_bias_init=None, **kwargs):
+                 logit_bias_init=None, text_final_layer_norm_epsilon=None, **kwargs):
         super().__init__(**kwargs)
         if text_encoder not in ("transformer", "cbow"):
             raise ValueError(f"text_encoder must be 'transformer' or 'cbow', got {text_encoder!r}")
@@ -112,6 +114,7 @@ class CLIP(BuiltInInitModel, keras.Model):
         self.logit_scale_init = logit_scale_init
         self.layer_norm_epsilon = layer_norm_epsilon
         self.logit_bias_init = logit_bias_init
+        self.text_final_layer_norm_epsilon = text_final_layer_norm_epsilon
         self.logit_bias = None
         self.image_tower_locked = self.text_tower_locked = False  # wholly locked (see lock_*)
         policy = self.dtype_policy
@@ -131,7 +134,8 @@ class CLIP(BuiltInInitModel, keras.Model):
         if text_encoder == "transformer":
             self.text = TextTransformer(vocab_size, context_length, text_width, text_layers,
                                         text_heads, embed_dim, mlp_ratio, activation,
-                                        layer_norm_epsilon, name="text", dtype=policy)
+                                        layer_norm_epsilon, text_final_layer_norm_epsilon,
+                                        name="text", dtype=policy)
         else:
             self.text = CBOWTextEncoder(vocab_size, text_width, embed_dim, name="text", dtype=policy)
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -459,5 +463,6 @@ class CLIP(BuiltInInitModel, keras.Model):
             text_layers=self.text_layers, text_encoder=self.text_encoder,
             activation=self.activation, mlp_ratio=self.mlp_ratio,
             logit_scale_init=self.logit_scale_init, layer_norm_epsilon=self.layer_norm_epsilon,
-            logit_bias_init=self.logit_bias_init)
+            logit_bias_init=self.logit_bias_init,
+            text_final_layer_norm_epsilon=self.text_final_layer_norm_epsilon)
         return config

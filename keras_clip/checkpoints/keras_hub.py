@@ -27,12 +27,9 @@ differences of representation, all mapped exactly:
 * projections are bias-free ``Dense`` kernels (width, embed), which is OpenAI's
   ``visual.proj`` / ``text_projection`` layout; the logit scale is ``clip_head``'s variable.
 
-One difference is not expressible in ``keras_clip.CLIP``: keras-hub's text tower ends with a
-LayerNorm of epsilon 1e-6 (``TEXT_FINAL_LAYER_NORM_EPSILON``; every other LayerNorm, and
-OpenAI's, uses 1e-5). The returned config has ``layer_norm_epsilon=1e-5``, so text embeddings
-differ from keras-hub's by that epsilon: measured max abs diff 7.9e-6 on the tiny test fixture
-(values up to 1.9; 4.8e-7 with 1e-6 set on ``model.text.ln_final``) and 4.1e-6 on a random
-ViT-B/32 either way (tests/test_checkpoints_keras_hub.py).
+keras-hub's text tower ends with a LayerNorm of epsilon 1e-6 (``TEXT_FINAL_LAYER_NORM_EPSILON``;
+every other LayerNorm, and OpenAI's, uses 1e-5): the returned config sets
+``text_final_layer_norm_epsilon`` to it.
 
 Example:
     >>> from keras_clip.checkpoints.keras_hub import is_keras_hub_preset, read_keras_hub_preset
@@ -197,6 +194,7 @@ def _read_config(folder):
         activation=_ACTIVATIONS[acts["vision"]],
         mlp_ratio=ratios["vision"],
         layer_norm_epsilon=LAYER_NORM_EPSILON,
+        text_final_layer_norm_epsilon=TEXT_FINAL_LAYER_NORM_EPSILON,
     )
     names = {"vision": vision.get("name"), "text": text.get("name")}
     return kwargs, names

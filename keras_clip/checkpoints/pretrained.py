@@ -23,51 +23,36 @@ plain-named models such as ``ViT-B-32`` or ``RN50``).
 import os
 import warnings
 
-from keras_clip.checkpoints import open_clip_hub, transformers
+from keras_clip.checkpoints import keras_hub, open_clip_hub, transformers
 from keras_clip.checkpoints.openai import infer_config, load_state_dict
 from keras_clip.checkpoints.reader import is_torchscript, numpy_state_dict, read_state_dict
 from keras_clip.model import CLIP
+from keras_clip.text.vocab_files import check_tokenizer_files
 from keras_clip.presets import get_preset
 
 __all__ = ["load_pretrained", "read_pretrained"]
 
 
-def _keras_hub():
-    from keras_clip.checkpoints import keras_hub  # noqa: PLC0415 - optional until it lands
-    return keras_hub
-
-
 def _folder_kind(folder):
     if open_clip_hub.is_open_clip_folder(folder):
         return "open_clip"
-    try:
-        if _keras_hub().is_keras_hub_preset(folder):
-            return "keras_hub"
-    except ImportError:
-        pass
+    if keras_hub.is_keras_hub_preset(folder):
+        return "keras_hub"
     if transformers.is_transformers_folder(folder):
         return "transformers"
     return None
-
-
-def _check_tokenizer_files(folder):
-    try:
-        from keras_clip.text.vocab_files import check_tokenizer_files  # noqa: PLC0415
-    except ImportError:  # pragma: no cover - lands with the tokenizer-files work
-        return
-    check_tokenizer_files(folder)
 
 
 def _read_folder(folder, kind):
     if kind == "open_clip":
         config, state, weights = open_clip_hub.read_open_clip_folder(folder)
     elif kind == "keras_hub":
-        config, state = _keras_hub().read_keras_hub_preset(folder)
+        config, state = keras_hub.read_keras_hub_preset(folder)
         weights = folder
     else:
         config, state, weights = transformers.read_transformers_folder(folder)
     if kind != "keras_hub":
-        _check_tokenizer_files(folder)  # vocab.json + merges.txt, if the folder has them
+        check_tokenizer_files(folder)  # vocab.json + merges.txt (+ tokenizer.json), if there
     return config, state, weights
 
 

@@ -13,6 +13,7 @@ Example:
 
 import json
 import os
+import warnings
 import zipfile
 
 import numpy as np
@@ -163,7 +164,9 @@ def _import_torch(path, why):
 def _read_torch(path):
     torch = _import_torch(path, "it is a torch checkpoint")
     try:  # OpenAI's released CLIP .pt files are TorchScript archives.
-        return torch.jit.load(path, map_location="cpu").state_dict()
+        with warnings.catch_warnings():  # torch >= 2.10 deprecates jit.load; the files are as
+            warnings.simplefilter("ignore", FutureWarning)  # OpenAI released them
+            return torch.jit.load(path, map_location="cpu").state_dict()
     except RuntimeError:
         pass
     try:

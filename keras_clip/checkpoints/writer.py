@@ -1,11 +1,11 @@
 """`export_checkpoint`: a ``keras_clip.CLIP`` back to the PyTorch world, as a transformers or an
 open_clip hub folder, written atomically.
 
-- ``format="hf"``: ``config.json`` (a ``CLIPConfig``), ``model.safetensors`` (``CLIPModel``'s key
-  names), ``preprocessor_config.json`` (``CLIPImageProcessor`` with OpenAI's resize / crop /
-  normalisation) and, for models with OpenAI's 49,408-token vocabulary, the tokenizer files
-  (``vocab.json``, ``merges.txt``, ...): ``transformers.CLIPModel.from_pretrained(folder)`` and
-  ``CLIPProcessor.from_pretrained(folder)`` load it. ViT image towers only (transformers has no
+- ``format="hf"``: ``config.json`` (a ``CLIPConfig``) and ``model.safetensors`` (``CLIPModel``'s
+  key names); for models with OpenAI's 49,408-token vocabulary also the tokenizer files
+  (``vocab.json``, ``merges.txt``, ...) and ``preprocessor_config.json`` (``CLIPImageProcessor``
+  with OpenAI's resize / crop / normalisation): ``transformers.CLIPModel.from_pretrained(folder)``
+  and ``CLIPProcessor.from_pretrained(folder)`` load it. ViT image towers only (transformers has no
   ResNet CLIP).
 - ``format="open_clip"``: ``open_clip_config.json`` + ``open_clip_model.safetensors``:
   ``open_clip.create_model("local-dir:" + folder)`` loads it. ViT and ResNet.
@@ -19,6 +19,7 @@ import os
 from keras_clip.checkpoints import open_clip_hub, transformers
 from keras_clip.checkpoints.openai import state_dict
 from keras_clip.saving import atomic_folder
+from keras_clip.text.vocab_files import write_tokenizer_files
 
 __all__ = ["FORMATS", "export_checkpoint"]
 
@@ -30,22 +31,6 @@ def _write_json(path, obj):
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
-
-
-def _image_processor_config(model):
-    # transformers' CLIPImageProcessor as openai/clip-vit-base-patch32 configures it: shortest
-    # side to image_size (bicubic, resample=3), centre crop, rescale 1/255, OpenAI's mean / std.
-    size = int(model.image_size)
-    return {
-        "image_processor_type": "CLIPImageProcessor",
-        "processor_class": "CLIPProcessor",
-        "do_resize": True, "size": {"shortest_edge": size}, "resample": 3,
-        "do_center_crop": True, "crop_size": {"height": size, "width": size},
-        "do_rescale": True, "rescale_factor": 1 / 255,
-        "do_normalize": True, "image_mean": list(open_clip_hub.OPENAI_MEAN),
-        "image_std": list(open_clip_hub.OPENAI_STD),
-        "do_convert_rgb": True,
-    }
 
 
 def export_checkpoint(model, out_dir, format="hf", overwrite=False):
@@ -87,11 +72,9 @@ def export_checkpoint(model, out_dir, format="hf", overwrite=False):
         if format == "hf":
             _write_json(os.path.join(tmp, transformers.CONFIG_NAME), config)
             save_file(weights, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-            _write_json(os.path.join(tmp, "preprocessor_config.json"),
-                        _image_processor_config(model))
-            if int(model.vocab_size) == OPENAI_VOCAB_SIZE:
-                from keras_clip.text.vocab_files import write_tokenizer_files  # noqa: PLC0415
-                write_tokenizer_files(tmp)
+            if int(model.vocab_size) == OPENAI_VOCAB_SIZE:  # OpenAI's BPE: CLIPProcessor loads
+                write_tokenizer_files(tmp, context_length=int(model.context_length),
+                                      image_size=int(model.image_size))
         else:
             _write_json(os.path.join(tmp, open_clip_hub.CONFIG_NAME), config)
             save_file(weights, os.path.join(tmp, "open_clip_model.safetensors"),

@@ -56,7 +56,9 @@ def vocab_path():
 
 
 @functools.lru_cache(None)
-def _load_merges(path):
+def load_merges(path):
+    """The BPE merges of OpenAI's vocabulary file at ``path`` (gzip text, one "a b" pair per line
+    after a header): a tuple of 48,894 (str, str) pairs in rank order. Cached."""
     lines = gzip.open(path).read().decode("utf-8").split("\n")
     return tuple(tuple(line.split()) for line in lines[1:1 + _NUM_MERGES])  # line 0 is a header
 
@@ -90,7 +92,7 @@ class SimpleTokenizer:
     """
 
     def __init__(self, path=None):
-        merges = _load_merges(path or vocab_path())
+        merges = load_merges(path or vocab_path())
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
         chars = list(self.byte_encoder.values())
@@ -238,7 +240,7 @@ class _Tables:
 
         # BPE: pair (a, b) → merged id. Merge ids are 512 + rank (the vocab has no duplicates and
         # every merge's parts precede it), so the smallest merged id is the lowest rank.
-        merges = _load_merges(vocab_path())
+        merges = load_merges(vocab_path())
         enc = SimpleTokenizer().encoder
         keys = np.array([enc[a] * VOCAB_SIZE + enc[b] for a, b in merges], np.int64)
         order = np.argsort(keys)

@@ -27,7 +27,8 @@ class TextTransformer(keras.layers.Layer):
     """
 
     def __init__(self, vocab_size, context_length, width, num_layers, num_heads, output_dim,
-                 mlp_ratio=4.0, activation="quick_gelu", layer_norm_epsilon=1e-5, **kwargs):
+                 mlp_ratio=4.0, activation="quick_gelu", layer_norm_epsilon=1e-5,
+                 final_layer_norm_epsilon=None, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.context_length = context_length
@@ -38,13 +39,16 @@ class TextTransformer(keras.layers.Layer):
         self.mlp_ratio = mlp_ratio
         self.activation = activation
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.final_layer_norm_epsilon = final_layer_norm_epsilon
         policy = self.dtype_policy
         self.token_embedding = keras.layers.Embedding(
             vocab_size, width, embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02),
             name="token_embedding", dtype=policy)
         self.transformer = Transformer(width, num_layers, num_heads, mlp_ratio, activation,
                                        layer_norm_epsilon, name="transformer", dtype=policy)
-        self.ln_final = layer_norm("ln_final", layer_norm_epsilon, policy)
+        self.ln_final = layer_norm(  # keras-hub's CLIP uses 1e-6 here (1e-5 elsewhere)
+            "ln_final", layer_norm_epsilon if final_layer_norm_epsilon is None
+            else final_layer_norm_epsilon, policy)
 
     def build(self, input_shape=None):
         self.positional_embedding = self.add_weight(
@@ -74,5 +78,6 @@ class TextTransformer(keras.layers.Layer):
         config.update(vocab_size=self.vocab_size, context_length=self.context_length,
                       width=self.width, num_layers=self.num_layers, num_heads=self.num_heads,
                       output_dim=self.output_dim, mlp_ratio=self.mlp_ratio,
-                      activation=self.activation, layer_norm_epsilon=self.layer_norm_epsilon)
+                      activation=self.activation, layer_norm_epsilon=self.layer_norm_epsilon,
+                      final_layer_norm_epsilon=self.final_layer_norm_epsilon)
         return config

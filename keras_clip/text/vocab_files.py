@@ -35,7 +35,7 @@ import json
 import os
 import tempfile
 
-from keras_clip.text.tokenizer import (CONTEXT_LENGTH, VOCAB_SIZE, _load_merges, bytes_to_unicode,
+from keras_clip.text.tokenizer import (CONTEXT_LENGTH, VOCAB_SIZE, bytes_to_unicode, load_merges,
                                       vocab_path)
 
 VOCAB_FILE = "vocab.json"
@@ -53,7 +53,7 @@ MERGES_HEADER = "#version: 0.2"
 @functools.lru_cache(None)
 def _vocabulary():
     """(tokens in id order, merges as "a b" strings in rank order), OpenAI's special spelling."""
-    pairs = _load_merges(vocab_path())
+    pairs = load_merges(vocab_path())
     chars = list(bytes_to_unicode().values())
     tokens = tuple(chars + [c + "</w>" for c in chars] + ["".join(p) for p in pairs] +
                    [BOS_TOKEN, EOS_TOKEN])  # SimpleTokenizer's order (a test holds them equal)
