@@ -48,8 +48,17 @@ def _open_clip_file(path):
     save_file(state_dict(model), str(path))
 
 
+def _folder(fmt, activation):
+    def write(path):  # a tiny random model as the folder README names
+        model = keras_clip.CLIP.from_preset("ViT-Tiny", activation=activation)
+        keras_clip.export_checkpoint(model, str(path), format=fmt)
+    return write
+
+
 FILES = {"cat.jpg": lambda path: path.write_bytes(_cat_jpg()),
-         "open_clip_model.safetensors": _open_clip_file}
+         "open_clip_model.safetensors": _open_clip_file,
+         "clip-vit-base-patch32": _folder("hf", "quick_gelu"),
+         "CLIP-ViT-B-32-laion2B-s34B-b79K": _folder("open_clip", "gelu")}
 
 
 def _dalle_trio():
@@ -68,6 +77,10 @@ PRELUDES = {"dalle.generate(": _dalle_trio}
 
 # What the README's comments promise about the results, checked on the stand-ins.
 CHECKS = {
+    "keras_clip.export_checkpoint(model, \"my-clip-hf\"": lambda ns: (
+        ns["model"].activation == "gelu"
+        and keras_clip.load_pretrained("my-clip-hf").activation == "gelu"
+        and keras_clip.load_pretrained("my-clip-open_clip").activation == "gelu"),
     "keras_clip.predict_zero_shot(": lambda ns: (ns["ids"].shape == (2, 77)
                                                  and ns["ids"].dtype == np.int32
                                                  and ns["out"]["logits_per_image"].shape == (1, 2)
