@@ -357,3 +357,22 @@ def test_page_and_images_are_served(served):
     assert http(url + "/images/no-such-id")[0] == 404
     assert http(url + "/ui/../rest.py")[0] == 404
     assert http(url + "/ui/%2e%2e/rest.py")[0] == 404
+
+
+def test_ui_and_index_need_the_rest_port(capsys, tmp_path):
+    from export.serve import main
+
+    for flags in (["--ui"], ["--index", str(tmp_path)]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--model-config", str(tmp_path / "models.config")] + flags)
+        assert exit_info.value.code == 2
+        assert "--ui and --index need --rest-port" in capsys.readouterr().err
+
+
+def test_a_bad_index_stops_the_server_before_it_serves(capsys, tmp_path):
+    from export.serve import main
+
+    config = sc.write_models_config(str(tmp_path / "models.config"), {"m": str(tmp_path / "m")})
+    assert main(["--model-config", config, "--rest-port", "0", "--index",
+                 str(tmp_path / "nowhere")]) == 2
+    assert "embedding folder not found" in capsys.readouterr().err
