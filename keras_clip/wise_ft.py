@@ -128,8 +128,11 @@ def wise_ft(zero_shot, fine_tuned, alpha):
     alpha = _check_alpha(alpha)
     check_same_architecture(zero_shot, fine_tuned)
     model = type(fine_tuned).from_config(fine_tuned.get_config())
-    if len(model.weights) != len(fine_tuned.weights):  # a class that builds lazily
-        model.build(getattr(fine_tuned, "_build_shapes_dict", None) or fine_tuned.input_shape)
+    if len(model.weights) != len(fine_tuned.weights):
+        raise ValueError(f"a {type(fine_tuned).__name__} rebuilt from its config has "
+                         f"{len(model.weights)} weights, the fine-tuned model "
+                         f"{len(fine_tuned.weights)}: WiSE-FT needs a model class that builds "
+                         f"its weights in __init__ (as keras_clip.CLIP does)")
     model.set_weights(interpolate_weights([w.numpy() for w in zero_shot.weights],
                                           [w.numpy() for w in fine_tuned.weights], alpha))
     return model

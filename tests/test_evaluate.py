@@ -151,6 +151,20 @@ def test_image_folder_listing_and_classnames(tmp_path):
         read_image_folder(root, classnames=["a", "b", "c"])
 
 
+def test_image_folder_dataset_skips_and_counts_a_file_that_vanished_after_listing(colour_folder):
+    from keras_clip.data.imagefolder import image_folder_dataset
+
+    folder = read_image_folder(colour_folder)
+    os.remove(folder.paths[0])  # listed, then gone: unreadable
+    ds = image_folder_dataset(folder, image_size=32, batch_size=4)
+    labels = np.concatenate([b["labels"].numpy() for b in ds])
+    # 7 listed: the vanished one and the corrupt JPEG are dropped, the 5 others kept in order.
+    assert len(folder.paths) == 7 and labels.tolist() == [0, 0, 1, 1, 1]
+    assert ds.skip_counter["bad_image"] == 2
+    ds.skip_counter.reset()
+    assert sum(len(b["labels"]) for b in ds) == 5 and ds.skip_counter["bad_image"] == 2  # again
+
+
 # ----------------------------------------------------------------------------------------------
 # A model whose answers are known: colour features against colour words
 

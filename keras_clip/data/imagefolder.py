@@ -130,22 +130,31 @@ def image_folder_dataset(folder, image_size, batch_size, skip_counter=None, imag
     """Batched ``{"images": (B, S, S, 3), "labels": int64 (B,)}`` of an :data:`ImageFolder`
     (or a root path), in file order, not shuffled; the last batch may be smaller.
 
+    Files are read in Python (a generator) and decoded in parallel by ``decode_images``.
     Files that cannot be read or decoded are dropped and counted as ``bad_image`` in
     ``skip_counter`` (also available as ``dataset.skip_counter``). ``image_format`` is
     ``"clip"`` (normalised float32), ``"unit"`` or ``"uint8"`` (see ``decode_images``).
     """
     import tensorflow as tf
 
-    from keras_clip.data.readers import SkipCounter, _try_map, decode_images
+    from keras_clip.data.readers import SkipCounter, decode_images
 
     if not isinstance(folder, ImageFolder):
         folder = read_image_folder(folder)
     counter = skip_counter if skip_counter is not None else SkipCounter()
-    records = tf.data.Dataset.from_tensor_slices({"path": folder.paths, "labels": folder.labels})
-    read = _try_map(records, lambda x: {"image_bytes": tf.io.read_file(x["path"]),
-                                        "labels": x["labels"]}, counter, "bad_image",
-                    output_spec={"image_bytes": tf.TensorSpec([], tf.string),
-                                 "labels": tf.TensorSpec([], tf.int64)})
+
+    def records():  # runs again on every iteration of the dataset
+        for path, label in zip(folder.paths, folder.labels):
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError:  # vanished or unreadable since the listing: skipped and counted
+                counter.add("bad_image", True)
+                continue
+            yield {"image_bytes": data, "labels": label}
+
+    read = tf.data.Dataset.from_generator(records, output_signature={
+        "image_bytes": tf.TensorSpec([], tf.string), "labels": tf.TensorSpec([], tf.int64)})
     ds = decode_images(read, image_size, counter, image_format)
     ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     ds.skip_counter = counter
