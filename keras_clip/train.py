@@ -131,11 +131,12 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
                profile=False, deterministic=True, num_examples=None, verbose=1, init_from=None,
                loss="contrastive", accum_freq=1, lock_image=False, lock_image_unlocked_groups=0,
                lock_image_freeze_bn_stats=False, lock_text=False, lock_text_unlocked_layers=0,
-               lock_text_freeze_layer_norm=True, **model_overrides):
+               lock_text_freeze_layer_norm=True, split="train", **model_overrides):
     """Build, train and save a CLIP; returns ``(model, history_dict)``.
 
     ``batch_size`` is the global batch (split over replicas); ``data`` is "shapes" or a shard
-    path/glob (.tfrecord, .tar, .tsv). Logs, backups and checkpoints go to ``logdir``.
+    path/glob (.tfrecord, .tar, .tsv); ``split`` is the shapes split ("finetune" has the held-out
+    pairs) or fills ``{split}`` in a path. Logs, backups and checkpoints go to ``logdir``.
 
     ``history["already_complete"]`` is True when the backup in ``logdir`` already held every
     step of the run (nothing trained).
@@ -184,7 +185,7 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
         # A fresh dataset object per fit() call: its shuffle order for repeat k is then a pure
         # function of (seed, k), so a resumed run that skips the batches already trained on sees
         # exactly the batches an uninterrupted run would (one object reshuffles per iterator).
-        return make_clip_dataset(data, batch_size, image_size=model.image_size, split="train",
+        return make_clip_dataset(data, batch_size, image_size=model.image_size, split=split,
                                  shuffle=True, seed=seed, num_examples=num_examples,
                                  context_length=model.context_length, skip_counter=skip_counter)
 
@@ -276,6 +277,9 @@ def main(argv=None):
     p.add_argument("--epochs", type=positive_int, default=10)
     p.add_argument("--batch-size", type=positive_int, default=128, help="global batch size")
     p.add_argument("--steps-per-epoch", type=positive_int, default=None)
+    p.add_argument("--split", default="train",
+                   help='shapes split (train; "finetune" has the held-out pairs) or the {split} '
+                        "of a shard path")
     p.add_argument("--num-examples", type=positive_int, default=None,
                    help="limit the training examples")
     p.add_argument("--logdir", default="runs/clip")
@@ -315,7 +319,8 @@ def main(argv=None):
             lock_image_unlocked_groups=args.lock_image_unlocked_groups,
             lock_image_freeze_bn_stats=args.lock_image_freeze_bn_stats, lock_text=args.lock_text,
             lock_text_unlocked_layers=args.lock_text_unlocked_layers,
-            lock_text_freeze_layer_norm=args.lock_text_freeze_layer_norm, **overrides)
+            lock_text_freeze_layer_norm=args.lock_text_freeze_layer_norm, split=args.split,
+            **overrides)
     except (ValueError, FileNotFoundError) as e:  # bad options / files, named by the message
         p.exit(2, f"{p.prog}: error: {e}\n")
     final = {k: v[-1] for k, v in history.items() if isinstance(v, list) and v}

@@ -21,6 +21,10 @@ Splits (``HELDOUT_PAIRS``, for zero-shot generalisation tests):
 * "train" and "val" never contain a held-out pair, neither as first nor as second object; they
   use the same 25 pairs and differ only in the RNG stream (different samples).
 * "heldout": the first object is always a held-out pair; the second (when present) is a seen pair.
+* "finetune": a small fine-tuning set that has the held-out pairs: the first object is any of the
+  30 pairs (held-out ones included), the second a seen pair; its own RNG stream (no sample is
+  also in "heldout" or "val"). `make demo-finetune` teaches the demo CLIP the held-out pairs
+  with it.
 
 Labels (:func:`labels`) are the class index of the first object's (colour, shape) in ``CLASSES``
 (all 30 classes), so zero-shot top-1 on "heldout" is measured against seen classes too.
@@ -41,7 +45,7 @@ COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
 SHAPES = ("circle", "square", "triangle", "diamond", "star")
 SIZES = ("small", "large")
 RELATIONS = ("to the left of", "to the right of", "above", "below")
-SPLITS = ("train", "val", "heldout")
+SPLITS = ("train", "val", "heldout", "finetune")
 
 # Well separated in RGB (nearest pair: yellow–orange, 75 apart; jitter moves a colour ≤ 17) so
 # that a colour survives JPEG, resizing and a generator's blur, and `dominant_colour` names it.
@@ -65,10 +69,10 @@ CLASSES = tuple((c, s) for c in COLOURS for s in SHAPES)  # label order: colour-
 HELDOUT_PAIRS = frozenset((COLOURS[i], SHAPES[i]) for i in range(len(SHAPES)))
 SEEN_PAIRS = tuple(p for p in CLASSES if p not in HELDOUT_PAIRS)
 
-DEFAULT_NUM_EXAMPLES = {"train": 20_000, "val": 1_000, "heldout": 1_000}
+DEFAULT_NUM_EXAMPLES = {"train": 20_000, "val": 1_000, "heldout": 1_000, "finetune": 2_000}
 
 _CHUNK = 1024  # examples per RNG stream: generation is chunked, so prefixes are stable
-_SPLIT_IDS = {"train": 0, "val": 1, "heldout": 2}
+_SPLIT_IDS = {"train": 0, "val": 1, "heldout": 2, "finetune": 3}
 _CLASS_INDEX = {p: i for i, p in enumerate(CLASSES)}
 
 
@@ -217,7 +221,8 @@ def _sample_scenes(n, split, seed, chunk):
     """Scene parameters of one chunk, as arrays of length n."""
     rng = np.random.default_rng([seed, _SPLIT_IDS[split], chunk])
     seen = np.array([_CLASS_INDEX[p] for p in SEEN_PAIRS])
-    first_pool = np.array(heldout_class_indices()) if split == "heldout" else seen
+    first_pool = {"heldout": np.array(heldout_class_indices()),
+                  "finetune": np.arange(len(CLASSES))}.get(split, seen)
     first = first_pool[rng.integers(len(first_pool), size=n)]
     # Second object: uniform over the seen pairs other than the first (identical twins would
     # make the relation ambiguous): draw from one fewer and step over the first's slot.
