@@ -13,7 +13,8 @@ r"""Evaluate a CLIP: zero-shot classification, zero-shot retrieval, linear probe
 
 Data (``--data``, and ``--train-data`` for the linear probe):
 
-* ``shapes[:split]`` — the built-in shapes data (split train / val / heldout, default val). For
+* ``shapes[:split]`` — the built-in shapes data (a split of ``keras_clip.data.shapes.SPLITS``,
+  default val). For
   classification the single-object images (the first ``--num-examples`` of them), labelled with
   the 30 (colour, shape) classes, as ``keras_clip.train`` evaluates; for retrieval and similarity
   every image and its caption.
@@ -798,7 +799,8 @@ def main(argv=None):
     p.add_argument("--model", required=True, help="a CLIP .keras file (the fine-tuned model "
                    "of a WiSE-FT sweep)")
     p.add_argument("--data", required=True,
-                   help="shapes[:train|val|heldout], an ImageFolder directory, or shards")
+                   help="shapes[:<split>] (train, val, heldout …; default val), an ImageFolder "
+                        "directory, or shards (.tfrecord, .tar, .tsv/.csv)")
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--out", required=True, help="results .json (figures are written beside it)")
     p.add_argument("--train-data", default=None, help="linear probe: the training data")
