@@ -468,7 +468,7 @@ class RestApi:
             name, version, label, metadata = match.groups()
             if not name:
                 raise _invalid("Missing model name in request.")
-            spec = self._spec(name, version, label)
+            spec = self._spec(name, version, label, status=not metadata)
             if metadata:
                 return self._model_metadata(spec)
             response = self._status.GetModelStatus(
@@ -476,7 +476,9 @@ class RestApi:
             return json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
         raise malformed
 
-    def _spec(self, name, version, label):
+    def _spec(self, name, version, label, status=False):
+        """The ModelSpec of a request path; NOT_FOUND with TF Serving's messages (those of
+        GetModelStatusImpl for a status request, else ServerCore's "Servable not found")."""
         name = urllib.parse.unquote(name)
         spec = predict_pb2.PredictRequest().model_spec
         spec.name = name
@@ -492,7 +494,18 @@ class RestApi:
             raise PredictError(grpc.StatusCode.UNIMPLEMENTED,
                                "version labels are not supported by this dev server; use "
                                "/versions/N")
-        if name not in self.registry.models:
+        model = self.registry.models.get(name)
+        known = {} if model is None else dict(model.versions)
+        if status:
+            if model is not None and model.loading is not None:
+                known[model.loading] = None
+            if version is not None and spec.version.value not in known:
+                raise PredictError(grpc.StatusCode.NOT_FOUND, f"Could not find version "
+                                   f"{spec.version.value} of model {name}")
+            if not known:
+                raise PredictError(grpc.StatusCode.NOT_FOUND,
+                                   f"Could not find any versions of model {name}")
+        elif (spec.version.value not in known) if version is not None else not known:
             request = (f"Specific({name}, {spec.version.value})" if version is not None
                        else f"Latest({name})")
             raise PredictError(grpc.StatusCode.NOT_FOUND,

@@ -140,8 +140,11 @@ def test_status_as_documented(served):
     assert call(served["url"] + "/v1/models/saved_model_half_plus_three") == (200, want)
     assert call(served["url"] + "/v1/models/saved_model_half_plus_three/versions/123") == \
         (200, want)
-    status, body = call(served["url"] + "/v1/models/saved_model_half_plus_three/versions/7")
-    assert status == 404 and "version 7 not found" in body["error"]
+    # Unknown versions and models: GetModelStatusImpl's messages.
+    assert call(served["url"] + "/v1/models/saved_model_half_plus_three/versions/7") == \
+        (404, {"error": "Could not find version 7 of model saved_model_half_plus_three"})
+    assert call(served["url"] + "/v1/models/half") == \
+        (404, {"error": "Could not find any versions of model half"})
 
 
 def test_predict_as_documented(served):
@@ -166,7 +169,8 @@ def test_unknown_model_as_documented(served):
     assert json.loads(data) == {"error": "Servable not found for request: Latest(half)"}
     assert call(served["url"] + "/v1/models/half/versions/3:predict", {"instances": [1.0]}) == \
         (404, {"error": "Servable not found for request: Specific(half, 3)"})
-    assert call(served["url"] + "/v1/models/half")[0] == 404
+    assert call(served["url"] + "/v1/models/half/metadata") == \
+        (404, {"error": "Servable not found for request: Latest(half)"})
 
 
 def test_metadata(served):
@@ -278,7 +282,9 @@ ROW = {"tag": "foo", "signal": [1, 2, 3, 4, 5], "sensor": [[1, 2], [3, 4]]}
     ("POST", "/v1/models/saved_model_half_plus_three/labels/stable:predict",
      {"instances": [1.0]}, 501, "version labels are not supported"),
     ("POST", "/v1/models/saved_model_half_plus_three/versions/9:predict", {"instances": [1.0]},
-     404, "version 9 not found"),
+     404, "Servable not found for request: Specific(saved_model_half_plus_three, 9)"),
+    ("GET", "/v1/models/saved_model_half_plus_three/versions/9/metadata", None,
+     404, "Servable not found for request: Specific(saved_model_half_plus_three, 9)"),
 ])
 def test_errors_are_tf_serving_json_and_the_server_keeps_serving(served, method, path, body,
                                                                    status, message):
