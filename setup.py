@@ -21,9 +21,11 @@ setup(
     ],
     extras_require={
         "dev": ["pytest", "pytest-timeout", "scikit-image", "tensorflow-serving-api==2.21.*", "grpcio",
-                "ai-edge-litert"],
+                "ai-edge-litert", "scikit-learn", "matplotlib", "tqdm"],
         "serving": ["tensorflow-serving-api==2.21.*", "grpcio"],
         "lite": ["ai-edge-litert", "scikit-image"],  # export.tflite checks parity on its photos
-        "hub": ["keras-hub"],  # load_pretrained of keras-hub CLIP preset folders
+        "hub": ["keras-hub"],  # only the live parity tests: the preset reader needs h5py alone
+        # keras_clip.evaluate: the linear probe, figures, progress bars
+        "eval": ["scikit-learn", "matplotlib", "tqdm"],
     },
 )
