@@ -17,7 +17,6 @@ import shutil
 import tempfile
 
 import keras
-import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -30,7 +29,7 @@ TARGETS = ("red square", "green circle", "blue star", "yellow triangle", "purple
            "orange circle")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                   "--disable-background-networking", "--disable-quic", "--no-first-run",
-                  "--disable-component-update", "--disable-sync", "--window-size=1100,480")
+                  "--disable-component-update", "--disable-sync", "--window-size=1100,560")
 
 
 def _browser_or_skip():

@@ -1,7 +1,6 @@
 """export.search_signature: the `search` / `search_image` signatures of a CLIP SavedModel with a
 collection's embeddings inside (export.saved_model --index)."""
 
-import json
 import os
 
 import keras
@@ -17,7 +16,8 @@ from keras_clip.model import CLIP
 from keras_clip.preprocessing import preprocess_images
 from keras_clip.text.tokenizer import tokenize
 
-from test_export_saved_model import TF_TEXT_OPS, _core_ops, _graph_ops, _normalize, _png  # noqa: E402
+from test_export_saved_model import (TF_TEXT_OPS, _core_ops, _graph_ops,  # noqa: E402
+                                     _normalize, _png)
 
 
 def build_index(model, images, root, captions=None, batch_size=4):

@@ -31,13 +31,15 @@ if (params.get("k")) kBox.value = params.get("k");
 function readAsBase64(file) {
   return new Promise((resolve, reject) => {
     const reader = new FileReader();
-    reader.onload = () => resolve(String(reader.result).split(",", 2)[1]);  // after "data:...;base64,"
+    // The data URL's payload, after "data:<type>;base64,".
+    reader.onload = () => resolve(String(reader.result).split(",", 2)[1]);
     reader.onerror = () => reject(reader.error);
     reader.readAsDataURL(file);
   });
 }
 
-// The row format: one instance {query input, k}; TF Serving answers {"predictions": [{ids, scores}]}.
+// The row format: one instance {query input, k}; TF Serving answers
+// {"predictions": [{"ids": [...], "scores": [...]}]}.
 async function search(k) {
   const text = queryBox.value.trim();
   const file = exampleBox.files && exampleBox.files[0];
@@ -45,7 +47,8 @@ async function search(k) {
   if (text) {
     body = {signature_name: "search", instances: [{texts: text, k: k}]};
   } else if (file) {
-    body = {signature_name: "search_image", instances: [{images: {b64: await readAsBase64(file)}, k: k}]};
+    const image = {b64: await readAsBase64(file)};
+    body = {signature_name: "search_image", instances: [{images: image, k: k}]};
   } else {
     throw new Error("type a description or choose an example image");
   }
