@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 REF_VENV ?= .venv-ref
 REF_STAMP := $(REF_VENV)/.installed-stamp
 
-.PHONY: install test test-slow test-ref demo demo-tour demo-clip demo-clip-train demo-finetune demo-dalle demo-dvae demo-dalle-train demo-generate demo-serve tflite clean
+.PHONY: install browser test test-slow test-ref demo demo-tour demo-clip demo-clip-train demo-finetune demo-dalle demo-dvae demo-dalle-train demo-generate demo-serve tflite clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,20 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" --durations=15 $(PYTEST_ARGS) tests
 
-test-slow: $(STAMP)
+# Headless Chromium (Debian's chromium + chromium-driver) and selenium for the search page's
+# browser test (tests/test_search_page.py, in test-slow); installs only what is missing.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser: $(STAMP)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver; }
+	$(PY) -c "import selenium" 2>/dev/null || $(PY) -m pip install --quiet selenium
+
+test-slow: $(STAMP) browser
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS) tests
+
+# README's screenshot of the search page, written by the browser test.
+search-page-screenshot: browser
+	SEARCH_PAGE_SCREENSHOT=docs/search_page.png $(PY) -m pytest -q -m slow tests/test_search_page.py
 
 # The torch reference venv (open_clip, transformers, keras-hub, dall_e, dalle-pytorch) for live
 # parity tests, fixture scripts and benchmarks; ~7 GB. Every install is held to

@@ -21,11 +21,12 @@ setup(
     ],
     extras_require={
         "dev": ["pytest", "pytest-timeout", "scikit-image", "tensorflow-serving-api==2.21.*", "grpcio",
-                "ai-edge-litert", "scikit-learn", "matplotlib", "tqdm"],
+                "ai-edge-litert", "scikit-learn", "matplotlib", "tqdm", "pyarrow", "selenium"],
         "serving": ["tensorflow-serving-api==2.21.*", "grpcio"],
         "lite": ["ai-edge-litert", "scikit-image"],  # export.tflite checks parity on its photos
         "hub": ["keras-hub"],  # only the live parity tests: the preset reader needs h5py alone
         # keras_clip.evaluate: the linear probe, figures, progress bars
         "eval": ["scikit-learn", "matplotlib", "tqdm"],
+        "browser": ["selenium"],  # the search page's browser test (with Debian's chromium)
     },
 )
