@@ -16,6 +16,7 @@ Outputs are written under a temporary name and renamed into place.
 """
 
 import argparse
+import os
 
 from keras_clip.cli import add_tf_logs_flag, positive_int
 from keras_clip.checkpoints import export_checkpoint, load_pretrained
@@ -35,7 +36,8 @@ def main(argv=None):
     parser.add_argument("--to", choices=FORMATS, default=None,
                         help="write a transformers (hf) or open_clip hub folder instead of .keras")
     parser.add_argument("--overwrite", action="store_true",
-                        help="with --to: replace an existing output folder")
+                        help="replace an existing output (.keras file, or with --to a folder "
+                             "holding only an earlier export's files)")
     parser.add_argument("--preset", default=None, help="architecture of a bare weights file "
                                                        "(default: inferred from shapes)")
     parser.add_argument("--activation", default=None, choices=["quick_gelu", "gelu"],
@@ -50,6 +52,9 @@ def main(argv=None):
     if args.to is None and not args.output.endswith(".keras"):
         parser.error(f"output must end in .keras (or pass --to hf|open_clip to write a folder), "
                      f"got {args.output}")
+    if args.to is None and os.path.exists(args.output) and not args.overwrite:
+        parser.exit(1, f"{parser.prog}: error: {args.output} already exists; pass --overwrite to "
+                       "replace it\n")
     overrides = {k: v for k, v in (("activation", args.activation), ("text_heads", args.text_heads),
                                    ("vision_heads", args.vision_heads)) if v is not None}
     try:

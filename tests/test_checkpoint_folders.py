@@ -192,11 +192,10 @@ def test_resnet_to_hf_and_cbow_anywhere_are_refused(tmp_path):
 def test_export_does_not_replace_a_folder_unless_asked_and_never_half_writes(tmp_path, monkeypatch):
     model = _perturbed("ViT-Tiny")
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "mine.txt").write_text("keep me")
+    export_checkpoint(model, str(out), format="open_clip")  # an earlier export
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(FileExistsError, match="already exists"):
         export_checkpoint(model, str(out), format="open_clip")
-    assert os.listdir(out) == ["mine.txt"]
 
     import safetensors.numpy
 
@@ -206,11 +205,14 @@ def test_export_does_not_replace_a_folder_unless_asked_and_never_half_writes(tmp
     monkeypatch.setattr(safetensors.numpy, "save_file", broken)
     with pytest.raises(OSError, match="disk full"):
         export_checkpoint(model, str(out), format="open_clip", overwrite=True)
-    assert sorted(os.listdir(tmp_path)) == ["out"] and os.listdir(out) == ["mine.txt"]
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # no temporary folder left
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old export intact
     monkeypatch.undo()
-    export_checkpoint(model, str(out), format="open_clip", overwrite=True)
+    export_checkpoint(_perturbed("ViT-Tiny", activation="gelu"), str(out), format="open_clip",
+                      overwrite=True)
     assert sorted(os.listdir(out)) == ["open_clip_config.json", "open_clip_model.safetensors"]
     assert sorted(os.listdir(tmp_path)) == ["out"]
+    assert load_pretrained(str(out)).activation == "gelu"  # replaced
 
 
 def test_convert_cli_exports_a_keras_model_to_both_formats(tmp_path):
@@ -333,3 +335,69 @@ def test_mismatched_tokenizer_files_in_a_folder_are_an_error(tmp_path):
     (folder / "vocab.json").write_text(json.dumps(vocab))
     with pytest.raises(ValueError, match=r"vocab.json"):
         load_pretrained(str(folder))
+
+
+# --- found by the new-user trial -------------------------------------------------------------
+def test_overwrite_refuses_folders_holding_other_files_and_the_working_directory(tmp_path,
+                                                                                 monkeypatch):
+    model = _perturbed("ViT-Tiny")
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "notes.txt").write_text("important")
+    with pytest.raises(FileExistsError, match=r"holds files an export does not write \(\['data'\]\)"):
+        export_checkpoint(model, str(project), format="hf", overwrite=True)
+    monkeypatch.chdir(project / "data")
+    with pytest.raises(FileExistsError, match="current directory or one of its parents"):
+        export_checkpoint(model, str(project), format="hf", overwrite=True)
+    assert (project / "data" / "notes.txt").read_text() == "important"
+
+
+def test_a_named_weights_file_is_the_one_read(tmp_path):
+    folder = _copy("hf_vit_gelu", tmp_path)
+    state = load_file(str(folder / "model.safetensors"))
+    save_file({k: np.full_like(v, 0.5) for k, v in state.items()}, str(folder / "halves.safetensors"))
+    # transformers' own name is preferred when the folder is named...
+    assert not np.all(state_dict(load_pretrained(str(folder)))["visual.proj"] == 0.5)
+    # ...but a file named inside an open_clip folder, or a shard of a transformers one, is read.
+    oc = _copy("open_clip_vit_gelu", tmp_path)
+    sd = load_file(str(oc / "open_clip_model.safetensors"))
+    save_file({k: np.full_like(v, 0.5) for k, v in sd.items()}, str(oc / "epoch_3.safetensors"))
+    model = load_pretrained(str(oc / "epoch_3.safetensors"))
+    assert model.activation == "gelu" and np.all(state_dict(model)["visual.proj"] == 0.5)
+    sharded = os.path.join(FOLDERS, "hf_vit_gelu_sharded")
+    shard = sorted(f for f in os.listdir(sharded) if f.startswith("model-0"))[0]
+    img, txt = _diffs(load_pretrained(os.path.join(sharded, shard)), _reference("hf_vit_gelu_sharded"))
+    assert img <= ATOL and txt <= ATOL
+
+
+def test_folder_with_another_model_type_says_which(tmp_path):
+    folder = _copy("hf_vit_gelu", tmp_path)
+    _edit_json(folder / "config.json", lambda c: c.update(model_type="siglip"))
+    with pytest.raises(ValueError, match=r"config.json describes model_type 'siglip'"):
+        load_pretrained(str(folder))
+    _edit_json(folder / "config.json", lambda c: c.update(architectures=["SiglipModel"]))
+    with pytest.raises(ValueError, match=r"not a CLIP checkpoint folder: .*model_type 'siglip', "
+                                         r"not 'clip'"):
+        load_pretrained(str(folder))
+
+
+def test_lightning_ckpt_extension_is_a_torch_file(tmp_path):
+    path = tmp_path / "last.ckpt"
+    path.write_bytes(b"x")
+    try:
+        import torch  # noqa: F401
+        expected = ValueError
+    except ImportError:
+        expected = ImportError
+    with pytest.raises(expected, match="last.ckpt"):
+        load_pretrained(str(path))
+
+
+def test_convert_cli_does_not_overwrite_a_keras_file_unless_asked(tmp_path):
+    out = tmp_path / "m.keras"
+    out.write_bytes(b"mine")
+    hf = os.path.join(FOLDERS, "hf_vit_gelu")
+    result = subprocess.run([sys.executable, "-m", "keras_clip.convert", hf, str(out)],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "already exists; pass --overwrite" in result.stderr
+    assert out.read_bytes() == b"mine"

@@ -161,14 +161,15 @@ def _check_preprocess(preprocess_cfg, source):
                           f"does OpenAI's {ours!r}", UserWarning, stacklevel=3)
 
 
-def read_open_clip_folder(folder):
+def read_open_clip_folder(folder, weights=None):
     """Reads an open_clip hub folder.
 
     Returns:
         ``(config, state_dict, weights_path)``: ``CLIP`` constructor arguments (see
         `config_from_open_clip`), the open_clip state dict (float32 numpy, wrapper prefixes
         removed, a custom-text model's ``text.`` keys moved to the top level as in OpenAI's
-        layout) and the weights file read.
+        layout) and the weights file read (``weights`` if given, else the first of
+        ``WEIGHT_NAMES`` there, open_clip's order).
 
     Raises:
         FileNotFoundError: no open_clip_config.json or no weights file (naming what was found).
@@ -188,8 +189,8 @@ def read_open_clip_folder(folder):
                          "{\"model_cfg\": {...}, \"preprocess_cfg\": {...}})")
     config = config_from_open_clip(hub["model_cfg"], config_path)
     _check_preprocess(hub.get("preprocess_cfg"), config_path)
-    weights = next((os.path.join(folder, n) for n in WEIGHT_NAMES
-                    if os.path.isfile(os.path.join(folder, n))), None)
+    weights = weights or next((os.path.join(folder, n) for n in WEIGHT_NAMES
+                               if os.path.isfile(os.path.join(folder, n))), None)
     if weights is None:
         raise FileNotFoundError(f"open_clip folder {folder} has no weights: expected one of "
                                 f"{', '.join(WEIGHT_NAMES)}; found {sorted(os.listdir(folder))}")

@@ -20,6 +20,7 @@ is assumed with a warning that names the override (``activation="gelu"`` for ope
 plain-named models such as ``ViT-B-32`` or ``RN50``).
 """
 
+import json
 import os
 import warnings
 
@@ -43,17 +44,46 @@ def _folder_kind(folder):
     return None
 
 
-def _read_folder(folder, kind):
+def _read_folder(folder, kind, weights=None):
     if kind == "open_clip":
-        config, state, weights = open_clip_hub.read_open_clip_folder(folder)
+        config, state, weights = open_clip_hub.read_open_clip_folder(folder, weights)
     elif kind == "keras_hub":
         config, state = keras_hub.read_keras_hub_preset(folder)
         weights = folder
     else:
-        config, state, weights = transformers.read_transformers_folder(folder)
+        config, state, weights = transformers.read_transformers_folder(folder, weights)
     if kind != "keras_hub":
         check_tokenizer_files(folder)  # vocab.json + merges.txt (+ tokenizer.json), if there
     return config, state, weights
+
+
+def _named_file_kind(folder, name, path):
+    """(kind, weights) when ``path`` is a weight file of a checkpoint folder (read with the
+    folder's config, the named file itself), else (None, None)."""
+    open_clip = open_clip_hub.is_open_clip_folder(folder)
+    if open_clip and name in open_clip_hub.WEIGHT_NAMES:
+        return "open_clip", path
+    if name in (keras_hub.WEIGHTS_FILE, keras_hub.SHARDED_WEIGHTS_FILE) and \
+            keras_hub.is_keras_hub_preset(folder):
+        return "keras_hub", None
+    if transformers.is_transformers_folder(folder):
+        weights = transformers.weights_in_folder(folder, name)
+        if weights:
+            return "transformers", weights
+    if open_clip and name.endswith((".safetensors", ".bin", ".pth", ".pt")):
+        return "open_clip", path
+    return None, None
+
+
+def _model_type_note(folder):
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return ""
+    if isinstance(config, dict) and "model_type" in config:
+        return f" (its config.json has model_type {config['model_type']!r}, not 'clip')"
+    return ""
 
 
 def read_pretrained(path_or_state_dict, text_heads=None, vision_heads=None, infer_architecture=True):
@@ -77,12 +107,13 @@ def read_pretrained(path_or_state_dict, text_heads=None, vision_heads=None, infe
     else:
         path = os.fspath(path_or_state_dict)
         folder, name = os.path.split(os.path.abspath(path))
-        kind = None
+        kind, weights = None, None
         if os.path.isdir(path):
             kind, folder = _folder_kind(path), path
             if kind is None:
                 raise ValueError(
-                    f"{path} is not a CLIP checkpoint folder: found {sorted(os.listdir(path))[:20]}; "
+                    f"{path} is not a CLIP checkpoint folder: found {sorted(os.listdir(path))[:20]}"
+                    f"{_model_type_note(path)}; "
                     "expected an open_clip hub folder (open_clip_config.json + "
                     "open_clip_model.safetensors / open_clip_pytorch_model.bin), a transformers "
                     "folder (config.json with model_type 'clip' + model.safetensors / "
@@ -90,15 +121,16 @@ def read_pretrained(path_or_state_dict, text_heads=None, vision_heads=None, infe
                     "(config.json + model.weights.h5)")
         elif not os.path.exists(path):
             raise FileNotFoundError(f"CLIP checkpoint not found: {path}")
-        elif name in open_clip_hub.WEIGHT_NAMES and open_clip_hub.is_open_clip_folder(folder):
-            kind = "open_clip"
-        elif name in transformers.WEIGHT_NAMES and transformers.is_transformers_folder(folder):
-            kind = "transformers"
+        else:
+            kind, weights = _named_file_kind(folder, name, path)
         if kind is not None:
-            config, state, weights = _read_folder(folder, kind)
+            config, state, weights = _read_folder(folder, kind, weights)
             label = {"open_clip": "open_clip hub folder", "transformers": "transformers folder",
                      "keras_hub": "keras-hub preset"}[kind]
-            return config, state, f"{label} {folder}", set(config)
+            source = f"{label} {folder}"
+            if weights and os.path.abspath(weights) == os.path.abspath(path):
+                source = f"{path} (with its {label}'s config)"
+            return config, state, source, set(config)
         state = read_state_dict(path, "CLIP checkpoint")
         source = path
         described = {"activation"} if is_torchscript(path) else set()

@@ -27,14 +27,15 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
 # Containers that hold the state dict one level down (open_clip / Lightning checkpoints).
 _CONTAINER_KEYS = ("state_dict", "model")
 
-_TORCH_EXTS = (".pt", ".pth", ".bin")
+_TORCH_EXTS = (".pt", ".pth", ".bin", ".ckpt")  # .ckpt: PyTorch Lightning's
 
 
 def read_state_dict(path, what="checkpoint"):
     """Reads a checkpoint file into ``{key: float32 np.ndarray}``.
 
     Args:
-        path: ``.safetensors``, ``.npz``, ``.bin`` / ``.pt`` / ``.pth`` (a torch state dict, or an
+        path: ``.safetensors``, ``.npz``, ``.bin`` / ``.pt`` / ``.pth`` / ``.ckpt`` (a torch state
+            dict or training checkpoint, or an
             OpenAI TorchScript archive), or ``.pkl`` (a whole pickled torch module; needs the
             package that defines its classes, e.g. ``dall-e``).
         what: what the file should hold, for error messages (e.g. "CLIP checkpoint").
@@ -51,7 +52,7 @@ def read_state_dict(path, what="checkpoint"):
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".safetensors", ".npz", ".pkl") + _TORCH_EXTS:
         raise ValueError(f"{what} {path}: unsupported file extension {ext!r}; expected "
-                         ".safetensors, .npz, .bin, .pt, .pth or .pkl")
+                         ".safetensors, .npz, .bin, .pt, .pth, .ckpt or .pkl")
     try:
         if ext == ".safetensors":
             from safetensors.numpy import load_file

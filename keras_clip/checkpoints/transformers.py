@@ -178,8 +178,32 @@ def _weights_file(folder):
     return None
 
 
-def read_transformers_folder(folder):
+def weights_in_folder(folder, name):
+    """The weights to read when the user names ``name`` inside a transformers ``folder``: the
+    file itself, or the shard index that lists it (a shard is part of a sharded model); None if
+    ``name`` is not a weight file of the folder."""
+    if name in WEIGHT_NAMES:
+        return os.path.join(folder, name)
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        path = os.path.join(folder, index)
+        if os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    shards = set(json.load(f).get("weight_map", {}).values())
+            except (OSError, ValueError, AttributeError):
+                continue
+            if name in shards:
+                return path
+    return None
+
+
+def read_transformers_folder(folder, weights=None):
     """Reads a transformers CLIP folder.
+
+    Args:
+        folder: the folder.
+        weights: the weight file (or shard index) to read; default: the first of
+            ``WEIGHT_NAMES`` there, transformers' order.
 
     Returns:
         ``(config, state_dict, weights_path)``: ``CLIP`` constructor arguments (see
@@ -196,7 +220,7 @@ def read_transformers_folder(folder):
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{folder} is not a transformers CLIP folder: no {CONFIG_NAME}")
     config = config_from_transformers(_load_json(config_path, "transformers config"), config_path)
-    weights = _weights_file(folder)
+    weights = weights or _weights_file(folder)
     if weights is None:
         found = sorted(os.listdir(folder))
         raise FileNotFoundError(f"transformers folder {folder} has no weights: expected one of "

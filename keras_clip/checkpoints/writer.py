@@ -33,13 +33,37 @@ def _write_json(path, obj):
         f.write("\n")
 
 
+# What an export writes (either format): the only files a folder replaced with overwrite=True may
+# hold, so that a mistyped path cannot take a user's other files with it.
+EXPORT_FILES = frozenset({
+    "config.json", "model.safetensors", "preprocessor_config.json", "vocab.json", "merges.txt",
+    "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json",
+    "open_clip_config.json", "open_clip_model.safetensors"})
+
+
+def _check_replaceable(out_dir):
+    path = os.path.abspath(os.fspath(out_dir))
+    if not os.path.isdir(path):
+        return
+    cwd = os.path.abspath(os.getcwd())
+    if cwd == path or cwd.startswith(path.rstrip(os.sep) + os.sep):
+        raise FileExistsError(f"refusing to replace {path}: it is the current directory or one "
+                              "of its parents; export into a new folder")
+    foreign = sorted(set(os.listdir(path)) - EXPORT_FILES)
+    if foreign:
+        raise FileExistsError(f"refusing to replace {path}: it holds files an export does not "
+                              f"write ({foreign[:10]}); choose a new folder, or empty it first")
+
+
 def export_checkpoint(model, out_dir, format="hf", overwrite=False):
     """Writes ``model`` as a transformers (``format="hf"``) or open_clip hub
     (``format="open_clip"``) folder at ``out_dir``.
 
     The folder is built under a temporary name beside ``out_dir`` and renamed into place, so a
     failure leaves nothing behind and an existing folder is replaced only whole
-    (``overwrite=True``). Weights are written float32 (safetensors).
+    (``overwrite=True``, and only a folder holding nothing but files an export writes). Weights
+    are written float32 (safetensors). A process killed by a signal while writing may leave its
+    hidden temporary folder (``.OUT_DIR.*``) beside ``out_dir``; the old folder is intact.
 
     Args:
         model: a ``keras_clip.CLIP`` with the transformer text tower.
@@ -52,7 +76,8 @@ def export_checkpoint(model, out_dir, format="hf", overwrite=False):
 
     Raises:
         ValueError: an unknown format; a ResNet model for "hf"; a CBOW text tower.
-        FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
+        FileExistsError: ``out_dir`` exists and ``overwrite`` is False, or it holds other files
+            than an export's, or it is the current directory or a parent of it.
 
     Example:
         >>> keras_clip.export_checkpoint(model, "clip-finetuned-hf", format="hf")
@@ -68,6 +93,8 @@ def export_checkpoint(model, out_dir, format="hf", overwrite=False):
         weights = transformers.to_transformers_state_dict(weights)
     else:
         config = open_clip_hub.open_clip_config(model)
+    if overwrite:
+        _check_replaceable(out_dir)
     with atomic_folder(out_dir, overwrite=overwrite) as tmp:
         if format == "hf":
             _write_json(os.path.join(tmp, transformers.CONFIG_NAME), config)
