@@ -1,7 +1,9 @@
 r"""The embedding job on Apache Beam (the engine TFX uses for batch inference).
 
-``python -m keras_clip.embed --runner DirectRunner|DataflowRunner|FlinkRunner|SparkRunner
---model M.keras --data SRC --out DIR [Beam pipeline options …]`` or :func:`run_beam_embedding`:
+``python -m keras_clip.beam --runner DirectRunner|DataflowRunner|FlinkRunner|SparkRunner
+--model M.keras --data SRC --out DIR [Beam pipeline options …]`` (the options of
+``python -m keras_clip.embed`` plus ``--runner``; options it does not know go to Beam's
+``PipelineOptions``) or :func:`run_beam_embedding`:
 the same sources, the same preprocessing and the same output layout as
 :mod:`keras_clip.embed` (``manifest.json``, ``img_emb/*.npy``, ``metadata/*.parquet``), computed
 by a Beam pipeline whose inference step is ``RunInference`` with :class:`CLIPImageModelHandler`
@@ -29,6 +31,7 @@ Example:
 """
 
 import os
+import sys
 
 import numpy as np
 
@@ -188,7 +191,7 @@ def run_beam_embedding(model, data, out, runner="DirectRunner", beam_args=(), *,
         raise TypeError("the Beam job needs the model as a .keras path (its workers load it), "
                         f"got {type(model).__name__}")
     shard_size = 40 * batch_size if shard_size is None else shard_size
-    embed_lib._check_sizes(batch_size, shard_size, dtype)
+    embed_lib.check_sizes(batch_size, shard_size, dtype)
     source_args = dict(source=data, format=format, image_key=image_key,
                        caption_key=caption_key, sep=sep)
     source = embed_lib.EmbeddingSource(**source_args)
@@ -237,3 +240,33 @@ def run_beam_embedding(model, data, out, runner="DirectRunner", beam_args=(), *,
                            f"in {staging}; run again to finish the rest")
     extra = {"bad_records": source.bad_records} if source.format == "tsv" else None
     return embed_lib.finish_output(staging, out, job, states, extra)
+
+
+def main(argv=None):
+    parser = embed_lib.build_parser(prog="python -m keras_clip.beam")
+    parser.description = ("The embedding job (python -m keras_clip.embed) on Apache Beam with "
+                          "RunInference; options it does not know go to Beam's PipelineOptions "
+                          "(e.g. --direct_num_workers=2 --direct_running_mode=multi_processing).")
+    parser.add_argument("--runner", default="DirectRunner",
+                        help="Beam runner: DirectRunner (default), DataflowRunner, FlinkRunner, "
+                             "SparkRunner, …")
+    args, beam_args = parser.parse_known_args(argv)
+    data = args.data[0] if len(args.data) == 1 else args.data
+    try:
+        manifest = run_beam_embedding(
+            args.model, data, args.out, runner=args.runner, beam_args=beam_args,
+            batch_size=args.batch_size, shard_size=args.shard_size, dtype=args.dtype,
+            format=args.format, image_key=args.image_key, caption_key=args.caption_key,
+            sep=args.sep, jit_compile=not args.no_xla)
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, TypeError,
+            ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(embed_lib.summary_line(manifest, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    import keras_clip  # noqa: F401  (quiet start-up, registers the model classes)
+
+    sys.exit(main())

@@ -135,10 +135,11 @@ class EmbeddingSource:
                 "has_caption": [f.caption is not None for f in self._files],
                 "data": [f.path for f in self._files]})
         elif self.format == "tsv":
-            ds = self._tsv_rows().map(lambda x: {
-                "name": x["path"], "caption": x["captions"],
-                "has_caption": tf.strings.length(tf.strings.strip(x["captions"])) > 0,
-                "data": x["path"]})
+            paths, captions = self._tsv
+            ds = tf.data.Dataset.from_tensor_slices({
+                "name": tf.constant(paths, tf.string), "caption": tf.constant(captions, tf.string),
+                "has_caption": [bool(c.strip()) for c in captions],
+                "data": tf.constant(paths, tf.string)})
         else:
             ds = None
             for f in self._files:
@@ -172,24 +173,44 @@ class EmbeddingSource:
             "data": x["image_bytes"]})
 
     def _tsv_rows(self):
-        from keras_clip.data import readers
+        """(paths, captions) of every TSV row that has both columns; counts the others."""
+        import csv
 
-        self._counter = readers.SkipCounter()
-        rows = [readers._read_one_tsv(f, self.image_key or "filepath",
-                                      self.caption_key or "title", self.sep, self._counter)
-                for f in self._files]
-        ds = rows[0]
-        for d in rows[1:]:
-            ds = ds.concatenate(d)
-        return ds
+        import tensorflow as tf
+
+        image_key, caption_key = self.image_key or "filepath", self.caption_key or "title"
+        if len(self.sep) != 1:
+            raise ValueError(f"sep must be one character, got {self.sep!r}")
+        paths, captions, self.bad_records = [], [], 0
+        for file in self._files:
+            folder = os.path.dirname(file)
+            with tf.io.gfile.GFile(file, "r") as f:
+                rows = csv.reader((line.rstrip("\r\n") for line in f), delimiter=self.sep)
+                header = next(rows, [])
+                missing = [k for k in (image_key, caption_key) if k not in header]
+                if missing:
+                    raise ValueError(f"{file}: no column {missing} in the header {header} (set "
+                                     "--image-key / --caption-key, or --sep)")
+                i, j = header.index(image_key), header.index(caption_key)
+                for row in rows:
+                    if not row or not "".join(row).strip():
+                        continue  # blank line
+                    if len(row) <= max(i, j) or not row[i]:
+                        self.bad_records += 1
+                        continue
+                    path = row[i]
+                    if folder and not (path.startswith("/") or "://" in path):
+                        path = folder + "/" + path
+                    paths.append(path)
+                    captions.append(row[j])
+        return paths, captions
 
     def _count_tsv(self):
-        n = int(self._tsv_rows().reduce(np.int64(0), lambda n, _: n + 1).numpy())
-        self.bad_records = self._counter["bad_record"]
-        if n == 0:
+        self._tsv = self._tsv_rows()
+        if not self._tsv[0]:
             raise ValueError(f"no rows in {self.source} (after the header; "
                              f"{self.bad_records} rows without the needed columns)")
-        return n
+        return len(self._tsv[0])
 
 
 def decode_records(records, preprocessor, reads_files, deterministic=True):
@@ -429,7 +450,7 @@ def job_settings(model_path, model, preprocessor, source, shard_size, dtype):
             "shard_size": int(shard_size), "dtype": dtype}
 
 
-def _check_sizes(batch_size, shard_size, dtype, replicas=1):
+def check_sizes(batch_size, shard_size, dtype, replicas=1):
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
@@ -483,11 +504,11 @@ def embed_images(model, data, out, *, batch_size=256, shard_size=None, dtype="fl
     from keras_clip.strategy import make_strategy
 
     shard_size = 40 * batch_size if shard_size is None else shard_size
-    _check_sizes(batch_size, shard_size, dtype)
+    check_sizes(batch_size, shard_size, dtype)
     if isinstance(strategy, str):
         strategy = make_strategy(strategy, cpu_replicas=cpu_replicas)
     replicas = strategy.num_replicas_in_sync
-    _check_sizes(batch_size, shard_size, dtype, replicas)
+    check_sizes(batch_size, shard_size, dtype, replicas)
     source = EmbeddingSource(data, format=format, image_key=image_key, caption_key=caption_key,
                              sep=sep)
     model, model_path = load_clip(model, strategy)
@@ -597,9 +618,9 @@ def _progress(enabled, total, initial):
 # ----------------------------------------------------------------------------------------------
 # CLI
 
-def build_parser():
+def build_parser(prog="python -m keras_clip.embed"):
     parser = argparse.ArgumentParser(
-        prog="python -m keras_clip.embed",
+        prog=prog,
         description="Embed every image of a folder / TFRecord / WebDataset / TSV source with a "
                     "CLIP model's image tower into sharded, L2-normalised embeddings with "
                     "Parquet metadata and a manifest (resumable).",
@@ -629,43 +650,29 @@ def build_parser():
                                               "extension / TSV caption column")
     parser.add_argument("--sep", default="\t", help="TSV separator (default: tab)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--runner", help="run on Apache Beam with this runner (DirectRunner, "
-                                         "DataflowRunner, FlinkRunner, SparkRunner; needs the "
-                                         "[beam] extra); other --beam-* options and unknown "
-                                         "options go to Beam's PipelineOptions")
     cli.add_tf_logs_flag(parser)
     return parser
 
 
 def main(argv=None):
-    parser = build_parser()
-    args, beam_args = parser.parse_known_args(argv)
-    if beam_args and not args.runner:
-        parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
+    args = build_parser().parse_args(argv)
     data = args.data[0] if len(args.data) == 1 else args.data
     try:
-        if args.runner:
-            from keras_clip.beam import run_beam_embedding
-
-            manifest = run_beam_embedding(
-                args.model, data, args.out, runner=args.runner, beam_args=beam_args,
-                batch_size=args.batch_size, shard_size=args.shard_size, dtype=args.dtype,
-                format=args.format, image_key=args.image_key, caption_key=args.caption_key,
-                sep=args.sep)
-        else:
-            manifest = embed_images(
-                args.model, data, args.out, batch_size=args.batch_size,
-                shard_size=args.shard_size, dtype=args.dtype, strategy=args.strategy,
-                cpu_replicas=args.cpu_replicas, jit_compile=not args.no_xla, format=args.format,
-                image_key=args.image_key, caption_key=args.caption_key, sep=args.sep,
-                progress=not args.no_progress)
-    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, TypeError,
-            ImportError) as e:
+        manifest = embed_images(
+            args.model, data, args.out, batch_size=args.batch_size, shard_size=args.shard_size,
+            dtype=args.dtype, strategy=args.strategy, cpu_replicas=args.cpu_replicas,
+            jit_compile=not args.no_xla, format=args.format, image_key=args.image_key,
+            caption_key=args.caption_key, sep=args.sep, progress=not args.no_progress)
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"embedded {manifest['count']} images ({manifest['skipped_count']} skipped) into "
-          f"{os.path.abspath(args.out)} ({len(manifest['shards'])} shards, {manifest['dtype']})")
+    print(summary_line(manifest, args.out))
     return 0
+
+
+def summary_line(manifest, out):
+    return (f"embedded {manifest['count']} images ({manifest['skipped_count']} skipped) into "
+            f"{os.path.abspath(out)} ({len(manifest['shards'])} shards, {manifest['dtype']})")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ pytest.importorskip("apache_beam")
 
 import keras_clip  # noqa: E402,F401
 
-from keras_clip.beam import run_beam_embedding  # noqa: E402
-from keras_clip.embed import embed_images, main  # noqa: E402
+from keras_clip.beam import main, run_beam_embedding  # noqa: E402
+from keras_clip.embed import embed_images  # noqa: E402
 from keras_clip.index import ImageIndex  # noqa: E402
 from keras_clip.model import CLIP  # noqa: E402
 from keras_clip.saving import save_model_atomic  # noqa: E402
