@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 REF_VENV ?= .venv-ref
 REF_STAMP := $(REF_VENV)/.installed-stamp
 
-.PHONY: install browser test test-slow test-ref demo demo-tour demo-clip demo-clip-train demo-finetune demo-dalle demo-dvae demo-dalle-train demo-generate demo-serve tflite clean
+.PHONY: install browser test test-slow test-ref test-beam demo demo-search-index demo-search demo-tour demo-clip demo-clip-train demo-finetune demo-dalle demo-dvae demo-dalle-train demo-generate demo-serve tflite clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,23 @@ browser: $(STAMP)
 		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver; }
 	$(PY) -c "import selenium" 2>/dev/null || $(PY) -m pip install --quiet selenium
 
-test-slow: $(STAMP) browser
+test-slow: $(STAMP) browser $(BEAM_STAMP)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS) tests
+
+# Apache Beam (the embedding job on RunInference) in its own venv: apache-beam 2.77 pins
+# protobuf < 7, pillow < 13 and pyarrow < 26, which the main venv's TF / preprocessing pins
+# exclude. tests/test_beam_venv.py (in test-slow) runs tests/test_beam.py with it.
+BEAM_VENV ?= .venv-beam
+BEAM_STAMP := $(BEAM_VENV)/.installed-stamp
+$(BEAM_STAMP): setup.py
+	test -x $(BEAM_VENV)/bin/python || $(PYTHON) -m venv $(BEAM_VENV)
+	$(BEAM_VENV)/bin/python -m pip install --quiet 'tensorflow==2.21.*' 'tensorflow-text==2.21.*' \
+		'keras>=3.15,<4' 'apache-beam==2.77.*' pyarrow ftfy regex safetensors tqdm pytest \
+		pytest-timeout
+	touch $(BEAM_STAMP)
+
+test-beam: $(BEAM_STAMP)
+	PYTHONPATH=. $(BEAM_VENV)/bin/python -m pytest -q -m slow $(PYTEST_ARGS) tests/test_beam.py
 
 # README's screenshot of the search page, written by the browser test.
 search-page-screenshot: browser
@@ -65,7 +80,7 @@ test-ref: $(REF_STAMP)
 # Outputs (TensorBoard logs, .keras models, exports) land in runs/demo/.
 DEMO := runs/demo
 
-demo: demo-clip-train demo-dalle demo-serve
+demo: demo-clip-train demo-search-index demo-dalle demo-serve
 
 demo-tour: $(STAMP)
 	$(PY) -m keras_clip.demo
@@ -77,6 +92,25 @@ demo-clip-train: $(STAMP)
 	$(PY) -m keras_clip.train --preset ViT-S-Demo --data shapes --epochs 8 --steps-per-epoch 60 \
 		--batch-size 128 --lr 1e-3 --warmup-steps 30 --eval-examples 500 \
 		--logdir $(DEMO)/clip --output $(DEMO)/clip.keras --verbose 2
+
+# Image search on the demo CLIP: the shapes val images as a folder, embedded (keras_clip.embed),
+# a few caption queries and a contact sheet (runs/demo/search/contact_sheet.png). demo-search
+# then exports the CLIP with that index (the `search` signatures) and serves the search page:
+# open http://127.0.0.1:8501/ui/ (Ctrl-C stops it).
+SEARCH := $(DEMO)/search
+demo-search-index: $(STAMP)
+	test -f $(DEMO)/clip.keras || $(MAKE) --no-print-directory demo-clip-train
+	rm -rf $(SEARCH)
+	$(PY) -m keras_clip.search_demo --model $(DEMO)/clip.keras --out $(SEARCH)
+
+demo-search: $(STAMP)
+	test -f $(SEARCH)/index/manifest.json || $(MAKE) --no-print-directory demo-search-index
+	rm -rf $(SEARCH)/serving
+	$(PY) -m export.saved_model $(DEMO)/clip.keras --base-path $(SEARCH)/serving/clip \
+		--index $(SEARCH)/index
+	$(PY) -m export.serving_config --out $(SEARCH)/serving --model clip
+	$(PY) -m export.serve --model-config $(SEARCH)/serving/models.config --port 8500 \
+		--rest-port 8501 --ui --index $(SEARCH)/index --fast-load
 
 # Fine-tuning demo (~4 min once runs/demo/clip.keras exists; not part of `make demo`): LiT — the
 # demo CLIP's image tower locked, its text tower trained — on the shapes "finetune" split, which
