@@ -21,12 +21,17 @@ setup(
     ],
     extras_require={
         "dev": ["pytest", "pytest-timeout", "scikit-image", "tensorflow-serving-api==2.21.*", "grpcio",
-                "ai-edge-litert", "scikit-learn", "matplotlib", "tqdm", "pyarrow", "selenium"],
+                "ai-edge-litert", "scikit-learn", "matplotlib", "tqdm", "pyarrow", "selenium",
+                "faiss-cpu"],
         "serving": ["tensorflow-serving-api==2.21.*", "grpcio"],
         "lite": ["ai-edge-litert", "scikit-image"],  # export.tflite checks parity on its photos
         "hub": ["keras-hub"],  # only the live parity tests: the preset reader needs h5py alone
         # keras_clip.evaluate: the linear probe, figures, progress bars
         "eval": ["scikit-learn", "matplotlib", "tqdm"],
-        "browser": ["selenium"],  # the search page's browser test (with Debian's chromium)
+        "browser": ["selenium"],
+        "search": ["pyarrow>=14", "tqdm"],  # keras_clip.embed and ImageIndex.load
+        "ann": ["faiss-cpu>=1.8"],  # ImageIndex.build_ann
+        # Apache Beam (keras_clip.beam) cannot be an extra here: apache-beam 2.77 pins pillow<13,
+        # protobuf<7 and pyarrow<26; `make test-beam` builds its own venv (see the Makefile).  # the search page's browser test (with Debian's chromium)
     },
 )

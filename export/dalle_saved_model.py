@@ -25,8 +25,8 @@ import tensorflow as tf
 
 from keras_clip.cli import add_tf_logs_flag
 from export.dvae_saved_model import images_to_png
-from export.saved_model import (check_batch, checked, next_version, run_export_cli,
-                                write_version_atomic)
+from export.clip_signatures import check_batch, checked
+from export.saved_model import next_version, run_export_cli, write_version_atomic
 
 
 def _tracked(model):

@@ -3,7 +3,7 @@
 Speaks the API of ``tensorflow_model_server --rest_api_port`` (TF Serving's ``api_rest.md``;
 the exact answers follow its source: ``model_servers/http_rest_api_handler.cc``,
 ``http_rest_api_util.cc``, ``http_server.cc`` and ``util/json_tensor.cc``), on the same
-:class:`export.serve.ModelRegistry` and :func:`export.serve.run_predict` as the gRPC server:
+:class:`export.grpc_server.ModelRegistry` and :func:`export.grpc_server.run_predict` as the gRPC server:
 
 * ``GET /v1/models/NAME[/versions/N]`` → ``{"model_version_status": [{"version": "1", "state":
   "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}``
@@ -52,7 +52,7 @@ from google.protobuf import json_format
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
                                      predict_pb2)
 
-from export.serve import ModelServicer, PredictError, PredictionServicer, run_predict
+from export.grpc_server import ModelServicer, PredictError, PredictionServicer, run_predict
 
 # The request paths of TF Serving's http_rest_api_util.cc (RE2, case-insensitive).
 _API_PATH = re.compile(r"/v1/.*", re.I | re.S)
@@ -417,7 +417,7 @@ class RestApi:
     """TF Serving's REST API over a ModelRegistry; :meth:`handle` is the whole protocol.
 
     Args:
-        registry: an :class:`export.serve.ModelRegistry`.
+        registry: an :class:`export.grpc_server.ModelRegistry`.
         ui_dir: a directory of static files served under ``/ui/`` (None: no page).
         collection: an :class:`export.search_signature.Collection` whose image files are
             served under ``/images/<id>`` (None: none).

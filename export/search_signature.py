@@ -36,7 +36,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from export.saved_model import CLIPServingModule, DEFAULT_TEMPLATE, check_batch, checked
+from export.clip_signatures import CLIPServingModule, DEFAULT_TEMPLATE, check_batch, checked
 
 SEARCH_SIGNATURES = ("search", "search_image")
 

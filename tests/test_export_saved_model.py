@@ -12,6 +12,7 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  (the SavedModel uses TF Text ops)
 from tensorflow.core.protobuf import saved_model_pb2
 
+from export import clip_signatures
 from export import saved_model as sm
 from export import serving_config as sc
 from keras_clip.model import CLIP
@@ -190,8 +191,8 @@ def test_short_and_empty_image_bytes_get_the_same_clear_error(exported):
                                        labels=tf.constant([["a"], ["b"]]))
     # A short file that does start like one gets past the check (the decoder reports it), and a
     # WebP signature is still recognised.
-    assert bool(sm._check_images(tf.constant([b"BM"])).shape[0])
-    sm._check_images(tf.constant([b"RIFF\0\0\0\0WEBP"]))
+    assert bool(clip_signatures._check_images(tf.constant([b"BM"])).shape[0])
+    clip_signatures._check_images(tf.constant([b"RIFF\0\0\0\0WEBP"]))
 
 
 _CORE_OPS = """

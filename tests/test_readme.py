@@ -55,7 +55,28 @@ def _folder(fmt, activation):
     return write
 
 
+def _clip_keras(path):
+    keras_clip.CLIP.from_preset("ViT-Tiny").save(str(path))
+
+
+def _photo_index(path):
+    # A few shapes images embedded by keras_clip.embed with the clip.keras written before it.
+    from keras_clip.embed import embed_images
+    photos = path.parent.parent / "photo_folder"
+    photos.mkdir()
+    data = generate_shapes(6, split="val", image_size=64, seed=1)
+    for i, (image, caption) in enumerate(zip(data["images"], data["captions"])):
+        Image.fromarray(image).save(photos / f"{i}.png")
+        (photos / f"{i}.txt").write_text(caption)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    embed_images(str(path.parent.parent / "clip.keras"), str(photos), str(path), batch_size=2,
+                 strategy="default", progress=False)
+
+
 FILES = {"cat.jpg": lambda path: path.write_bytes(_cat_jpg()),
+         "query.jpg": lambda path: path.write_bytes(_cat_jpg()),
+         "clip.keras": _clip_keras,
+         "index/photos": _photo_index,
          "open_clip_model.safetensors": _open_clip_file,
          "clip-vit-base-patch32": _folder("hf", "quick_gelu"),
          "CLIP-ViT-B-32-laion2B-s34B-b79K": _folder("open_clip", "gelu")}
@@ -77,6 +98,10 @@ PRELUDES = {"dalle.generate(": _dalle_trio}
 
 # What the README's comments promise about the results, checked on the stand-ins.
 CHECKS = {
+    "index.search(texts=": lambda ns: (len(ns["result"].ids[0]) == 3
+                                       and ns["result"].scores.shape == (1, 3)
+                                       and np.all(np.diff(ns["result"].scores[0]) <= 0)
+                                       and ns["by_example"].scores.shape == (1, 3)),
     "keras_clip.export_checkpoint(model, \"my-clip-hf\"": lambda ns: (
         ns["model"].activation == "gelu"
         and keras_clip.load_pretrained("my-clip-hf").activation == "gelu"
