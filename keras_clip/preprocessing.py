@@ -51,6 +51,14 @@ import tensorflow as tf
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
+
+def openai_normalization():
+    """``(mean, std)``: OpenAI's per-channel normalisation (lists of 3 floats, for [0, 1]
+    pixels), which `CLIPImagePreprocessor` applies. For describing this preprocessing in other
+    formats' configs (open_clip's ``preprocess_cfg``, transformers' ``preprocessor_config.json``)
+    and checking theirs against it; images themselves go through the preprocessor."""
+    return list(OPENAI_MEAN), list(OPENAI_STD)
+
 _RESIZE_METHODS = ("bicubic", "bilinear", "nearest", "area", "lanczos3", "lanczos5",
                    "gaussian", "mitchellcubic")
 _FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)

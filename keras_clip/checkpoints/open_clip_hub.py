@@ -16,17 +16,15 @@ import os
 import warnings
 
 from keras_clip.checkpoints.reader import read_state_dict
+from keras_clip.preprocessing import openai_normalization
 
-__all__ = ["CONFIG_NAME", "WEIGHT_NAMES", "OPENAI_MEAN", "OPENAI_STD", "is_open_clip_folder",
+__all__ = ["CONFIG_NAME", "WEIGHT_NAMES", "is_open_clip_folder",
            "read_open_clip_folder", "config_from_open_clip", "open_clip_config"]
 
 CONFIG_NAME = "open_clip_config.json"
 # open_clip's preference order (factory._find_checkpoint_in_dir), its own names first.
 WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
                 "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth")
-# OpenAI's normalisation, which keras_clip.preprocessing applies (open_clip's OPENAI_DATASET_*).
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 _VISION_DEFAULTS = dict(layers=12, width=768, head_width=64, mlp_ratio=4.0, patch_size=16,
                         image_size=224)
@@ -147,7 +145,7 @@ def _check_preprocess(preprocess_cfg, source):
     """Warns where the folder's preprocessing is not OpenAI's (keras_clip.preprocessing's)."""
     if not isinstance(preprocess_cfg, dict):
         return
-    for field, ours in (("mean", OPENAI_MEAN), ("std", OPENAI_STD)):
+    for field, ours in zip(("mean", "std"), openai_normalization()):
         theirs = preprocess_cfg.get(field)
         if theirs is not None and (len(theirs) != 3 or
                                    any(abs(a - b) > 1e-6 for a, b in zip(theirs, ours))):
@@ -240,6 +238,6 @@ def open_clip_config(model):
                      vision_cfg=vision_cfg, text_cfg=text_cfg)
     if model.logit_bias is not None:
         model_cfg["init_logit_bias"] = float(model.logit_bias_init)
-    preprocess_cfg = dict(mean=list(OPENAI_MEAN), std=list(OPENAI_STD), interpolation="bicubic",
-                          resize_mode="shortest")
+    mean, std = openai_normalization()
+    preprocess_cfg = dict(mean=mean, std=std, interpolation="bicubic", resize_mode="shortest")
     return {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}

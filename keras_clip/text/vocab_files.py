@@ -100,7 +100,7 @@ def _special_tokens_map():
 
 
 def _image_processor_config(image_size):
-    from keras_clip.preprocessing import OPENAI_MEAN, OPENAI_STD
+    from keras_clip.preprocessing import openai_normalization
     return {
         "image_processor_type": "CLIPImageProcessor",
         "processor_class": "CLIPProcessor",
@@ -108,7 +108,8 @@ def _image_processor_config(image_size):
         "resample": 3,  # PIL.Image.BICUBIC
         "do_center_crop": True, "crop_size": {"height": image_size, "width": image_size},
         "do_rescale": True, "rescale_factor": 1 / 255,
-        "do_normalize": True, "image_mean": list(OPENAI_MEAN), "image_std": list(OPENAI_STD),
+        "do_normalize": True, "image_mean": openai_normalization()[0],
+        "image_std": openai_normalization()[1],
         "do_convert_rgb": True,
     }
 
