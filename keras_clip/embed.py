@@ -55,11 +55,11 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 
 import numpy as np
 
 from keras_clip import cli
+from keras_clip.saving import write_bytes_atomic
 
 SHARD_FORMAT = "img_emb/img_emb_{:05d}.npy"
 METADATA_FORMAT = "metadata/metadata_{:05d}.parquet"
@@ -312,25 +312,8 @@ def staging_dir(out):
     return os.path.join(os.path.dirname(out), "." + os.path.basename(out) + ".partial")
 
 
-def _atomic_write(path, write):
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _write_json(path, obj):
-    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    write_bytes_atomic(path, lambda f: f.write((json.dumps(obj, indent=1, sort_keys=True) + "\n")
                                           .encode()))
 
 
@@ -344,8 +327,8 @@ def write_shard(staging, shard, first_index, num_records, embeddings, ids, names
     emb = np.asarray(embeddings, np.float32).astype(dtype)
     table = pa.table({"id": pa.array(ids, pa.string()), name_column: pa.array(names, pa.string()),
                       "caption": pa.array(captions, pa.string())})
-    _atomic_write(os.path.join(staging, SHARD_FORMAT.format(shard)), lambda f: np.save(f, emb))
-    _atomic_write(os.path.join(staging, METADATA_FORMAT.format(shard)),
+    write_bytes_atomic(os.path.join(staging, SHARD_FORMAT.format(shard)), lambda f: np.save(f, emb))
+    write_bytes_atomic(os.path.join(staging, METADATA_FORMAT.format(shard)),
                   lambda f: pq.write_table(table, f))
     _write_json(os.path.join(staging, _STATE_DIR, f"shard_{shard:05d}.json"),
                 {"shard": shard, "first_index": int(first_index), "num_records": int(num_records),

@@ -56,13 +56,13 @@ import io
 import json
 import math
 import os
-import tempfile
 import warnings
 import weakref
 
 import numpy as np
 
 from keras_clip.cli import add_tf_logs_flag, positive_int
+from keras_clip.saving import write_atomic, write_text_atomic
 
 __all__ = ["TASKS", "encode_images", "encode_pairs", "evaluate", "linear_probe",
            "parse_data", "plot_confusion_matrix", "plot_similarity", "plot_wise_ft_sweep",
@@ -428,36 +428,12 @@ def linear_probe(train_features, train_labels, test_features, test_labels, num_c
 # ----------------------------------------------------------------------------------------------
 # Files and figures
 
-def _write_atomic(path, write):
-    """Calls ``write(tmp_path)`` for a temporary file beside ``path``, then renames it to
-    ``path`` with the usual permissions (0o666 & ~umask)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
 def _write_text(path, text):
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-    return _write_atomic(path, write)
+    return write_text_atomic(path, text, newline="")
 
 
 def _save_figure(fig, path):
-    return _write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100,
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100,
                                                        bbox_inches="tight"))
 
 

@@ -4,28 +4,50 @@ import os
 import tempfile
 
 
-def save_model_atomic(model, path):
-    """Saves `model` to `path` (.keras) atomically: a temporary file in the same directory,
-    then `os.replace`, so readers never see a partial file."""
+def write_atomic(path, write, suffix=""):
+    """Writes a file atomically: ``write(tmp_path)`` fills a temporary file beside ``path``
+    (hidden, ending in ``suffix``), which then gets the usual permissions (0o666 & ~umask) and is
+    renamed to ``path``; on any error (KeyboardInterrupt too) the temporary file is removed and
+    ``path`` is untouched. Creates the parent folder. Returns ``path``."""
     path = os.fspath(path)
-    if not path.endswith(".keras"):
-        raise ValueError(f"the output path must end in .keras, got {path!r}")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path)[:-6] + ".", suffix=".keras",
-                               dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=suffix, dir=folder)
     os.close(fd)
     try:
-        model.save(tmp, overwrite=True)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
     return path
+
+
+def write_text_atomic(path, text, newline="\n"):
+    """`write_atomic` of a UTF-8 text file."""
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8", newline=newline) as f:
+            f.write(text)
+    return write_atomic(path, write)
+
+
+def write_bytes_atomic(path, write_to_file):
+    """`write_atomic` where ``write_to_file(f)`` writes into the open binary file ``f``."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            write_to_file(f)
+    return write_atomic(path, write)
+
+
+def save_model_atomic(model, path):
+    """Saves `model` to `path` (.keras) atomically: a temporary file in the same directory,
+    then `os.replace`, so readers never see a partial file."""
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ValueError(f"the output path must end in .keras, got {path!r}")
+    return write_atomic(path, lambda tmp: model.save(tmp, overwrite=True), suffix=".keras")
 
 
 def load_model(path, expected=None, compile=False):

@@ -33,8 +33,8 @@ True
 import functools
 import json
 import os
-import tempfile
 
+from keras_clip.saving import write_text_atomic
 from keras_clip.text.tokenizer import (CONTEXT_LENGTH, VOCAB_SIZE, bytes_to_unicode, load_merges,
                                       vocab_path)
 
@@ -114,25 +114,6 @@ def _image_processor_config(image_size):
     }
 
 
-def _write_text_atomic(path, text):
-    """Writes `text` (UTF-8) to `path` via a temporary file in the same folder + os.replace."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
 def _json(obj, indent=2):
     return json.dumps(obj, ensure_ascii=False, indent=indent) + "\n"
 
@@ -175,7 +156,7 @@ def write_tokenizer_files(folder, context_length=CONTEXT_LENGTH, image_size=None
              (SPECIAL_TOKENS_MAP_FILE, _json(_special_tokens_map()))]
     if image_size is not None:
         files.append((IMAGE_PROCESSOR_FILE, _json(_image_processor_config(int(image_size)))))
-    return [_write_text_atomic(os.path.join(folder, name), text) for name, text in files]
+    return [write_text_atomic(os.path.join(folder, name), text) for name, text in files]
 
 
 def _read_json(path):
