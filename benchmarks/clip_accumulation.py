@@ -72,6 +72,7 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-lit", action="store_true", help="leave out the LiT row")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -81,6 +82,8 @@ def main():
             (f"accum {k} x {b} (global {k * b})", dict(batch=k * b, accum=k, lit=False)),
             (f"batch {k * b}", dict(batch=k * b, accum=1, lit=False)),
             (f"batch {k * b}, image tower locked (LiT)", dict(batch=k * b, accum=1, lit=True))]
+    if args.no_lit:
+        rows = rows[:3]
     results = {name: [] for name, _ in rows}
     for rep in range(args.reps):
         for name, row in rows:
