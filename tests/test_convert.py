@@ -62,7 +62,7 @@ def test_architecture_is_inferred_from_shapes():
     vit = infer_config(read_state_dict(_fixture("clip_vit_tiny")[0]))
     assert vit == dict(embed_dim=64, context_length=77, vocab_size=500, text_width=64, text_heads=1,
                        text_layers=2, vision_width=64, vision_patch_size=8, image_size=32,
-                       vision_layers=2, vision_heads=1)
+                       vision_layers=2, vision_heads=1, mlp_ratio=4.0)
     rn = infer_config(read_state_dict(_fixture("clip_rn_tiny")[0]))
     assert rn["vision_layers"] == [2, 2, 1, 1] and rn["vision_patch_size"] is None
     assert rn["image_size"] == 64 and rn["vision_width"] == 8
