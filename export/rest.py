@@ -309,6 +309,8 @@ def parse_predict_body(body, signature_inputs):
                        e.start) from None
     except json.JSONDecodeError as e:
         raise _invalid("JSON Parse error: ", e.msg, " at offset: ", e.pos) from None
+    except RecursionError:  # a pathologically nested document: a bad request, not a crash
+        raise _invalid("JSON Parse error: The document is nested too deeply") from None
     if not isinstance(doc, dict):
         raise _invalid("JSON Value: ", _debug(doc), " Is not object")
     signature = doc.get("signature_name", "")

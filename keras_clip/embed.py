@@ -335,8 +335,20 @@ def write_shard(staging, shard, first_index, num_records, embeddings, ids, names
                  "count": int(len(ids)), "skipped": skipped})
 
 
+def remove_temporary_files(staging):
+    """Deletes the hidden temporary files a killed run left in ``staging`` (a shard's ``.npy`` or
+    ``.parquet`` being written when the process died); the finished files are complete."""
+    for sub in (os.path.dirname(SHARD_FORMAT), os.path.dirname(METADATA_FORMAT), _STATE_DIR):
+        folder = os.path.join(staging, sub)
+        if os.path.isdir(folder):
+            for name in os.listdir(folder):
+                if name.startswith("."):
+                    os.remove(os.path.join(folder, name))
+
+
 def finished_shards(staging):
     """States of the shards finished in ``staging``, by shard number (contiguous from 0)."""
+    remove_temporary_files(staging)
     folder = os.path.join(staging, _STATE_DIR)
     if not os.path.isdir(folder):
         return []

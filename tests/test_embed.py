@@ -288,3 +288,19 @@ def test_killed_run_resumes_to_the_same_folder(model_path, folder, tmp_path):
     for f in files_a:
         with open(os.path.join(a, f), "rb") as x, open(os.path.join(b, f), "rb") as y:
             assert x.read() == y.read(), f
+
+
+def test_a_resume_removes_the_temporary_files_a_killed_write_left(tmp_path):
+    # A run killed while a shard's file was being written leaves the hidden temporary file;
+    # the resumed run must not carry it into the final folder (it would differ from an
+    # uninterrupted run's).
+    from keras_clip.embed import finished_shards
+    staging = tmp_path / ".out.partial"
+    for sub in ("img_emb", "metadata", "state"):
+        (staging / sub).mkdir(parents=True)
+    (staging / "metadata" / ".metadata_00000.parquet.x1y2z3").write_bytes(b"")
+    (staging / "img_emb" / ".img_emb_00000.npy.abcdef").write_bytes(b"12")
+    (staging / "img_emb" / "img_emb_00000.npy").write_bytes(b"kept")
+    assert finished_shards(str(staging)) == []
+    assert sorted(p.name for p in (staging / "metadata").iterdir()) == []
+    assert sorted(p.name for p in (staging / "img_emb").iterdir()) == ["img_emb_00000.npy"]

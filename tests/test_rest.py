@@ -382,3 +382,11 @@ def test_a_bad_index_stops_the_server_before_it_serves(capsys, tmp_path):
     assert main(["--model-config", config, "--rest-port", "0", "--index",
                  str(tmp_path / "nowhere")]) == 2
     assert "embedding folder not found" in capsys.readouterr().err
+
+
+def test_a_deeply_nested_body_is_a_bad_request():
+    from export.grpc_server import PredictError
+    from export.rest import parse_predict_body
+    body = b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(PredictError, match="nested too deeply"):
+        parse_predict_body(body, {})
