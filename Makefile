@@ -7,6 +7,8 @@ PYTEST_ARGS ?=
 
 REF_VENV ?= .venv-ref
 REF_STAMP := $(REF_VENV)/.installed-stamp
+BEAM_VENV ?= .venv-beam
+BEAM_STAMP := $(BEAM_VENV)/.installed-stamp
 
 .PHONY: install browser test test-slow test-ref test-beam demo demo-search-index demo-search demo-tour demo-clip demo-clip-train demo-finetune demo-dalle demo-dvae demo-dalle-train demo-generate demo-serve tflite clean
 
@@ -35,8 +37,6 @@ test-slow: $(STAMP) browser $(BEAM_STAMP)
 # Apache Beam (the embedding job on RunInference) in its own venv: apache-beam 2.77 pins
 # protobuf < 7, pillow < 13 and pyarrow < 26, which the main venv's TF / preprocessing pins
 # exclude. tests/test_beam_venv.py (in test-slow) runs tests/test_beam.py with it.
-BEAM_VENV ?= .venv-beam
-BEAM_STAMP := $(BEAM_VENV)/.installed-stamp
 $(BEAM_STAMP): setup.py
 	test -x $(BEAM_VENV)/bin/python || $(PYTHON) -m venv $(BEAM_VENV)
 	$(BEAM_VENV)/bin/python -m pip install --quiet 'tensorflow==2.21.*' 'tensorflow-text==2.21.*' \
