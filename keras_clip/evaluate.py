@@ -104,12 +104,17 @@ def parse_data(data):
 
 def shapes_classification_arrays(split, num_examples, image_size, seed=0):
     """uint8 images (N, S, S, 3) and int64 labels of the first ``num_examples`` single-object
-    scenes among ``2 * num_examples`` of a shapes split — the images ``keras_clip.train``
+    scenes of a shapes split — the images ``keras_clip.train``
     evaluates zero-shot top-1 on (with two objects the first one's class is not well posed)."""
     from keras_clip.data import shapes
 
-    data = shapes.generate_shapes(2 * num_examples, split=split, image_size=image_size, seed=seed)
-    single = np.array([len(a["objects"]) == 1 for a in data["attributes"]])
+    drawn = 2 * num_examples  # about half the scenes have one object: draw more until enough
+    while True:
+        data = shapes.generate_shapes(drawn, split=split, image_size=image_size, seed=seed)
+        single = np.array([len(a["objects"]) == 1 for a in data["attributes"]])
+        if single.sum() >= num_examples:
+            break
+        drawn *= 2
     keep = np.flatnonzero(single)[:num_examples]
     return data["images"][keep], data["labels"][keep]
 

@@ -117,6 +117,7 @@ class CLIP(BuiltInInitModel, keras.Model):
         self.text_final_layer_norm_epsilon = text_final_layer_norm_epsilon
         self.logit_bias = None
         self.image_tower_locked = self.text_tower_locked = False  # wholly locked (see lock_*)
+        self.locks = {}  # the lock_* calls made, kept in the compile config
         policy = self.dtype_policy
         if vision_patch_size is None:
             if not isinstance(self.vision_layers, list) or len(self.vision_layers) != 4:
@@ -286,6 +287,8 @@ class CLIP(BuiltInInitModel, keras.Model):
             config["xla_towers"] = bool(getattr(self, "xla_towers", True))
             config["clip_loss"] = getattr(self, "clip_loss", "contrastive")
             config["accum_freq"] = int(getattr(self, "accum_freq", 1))
+            if self.locks:  # re-applied on load, before the optimizer is built for the rest
+                config["locks"] = {k: list(v) for k, v in self.locks.items()}
             excluded = weight_decay_excluded(self.optimizer, self.trainable_variables)
             if excluded:
                 config["no_weight_decay"] = [_relative_path(v) for v in excluded]
@@ -293,10 +296,16 @@ class CLIP(BuiltInInitModel, keras.Model):
 
     def compile_from_config(self, config):
         """Re-compiles a loaded model as it was saved: `keras.saving.load_model` returns it
-        compiled, its optimizer built (so its state, the iteration count included, is restored),
-        with the same weight-decay exclusions."""
+        compiled, its towers locked as they were, its optimizer built for the same trainable
+        variables (so its state, the iteration count included, is restored), with the same
+        weight-decay exclusions."""
         config = dict(config)
         loss, accum_freq = config.pop("clip_loss", None), config.pop("accum_freq", 1)
+        locks = config.pop("locks", None) or {}
+        if "image" in locks:
+            self.lock_image_tower(*locks["image"])
+        if "text" in locks:
+            self.lock_text_tower(*locks["text"])
         config.pop("loss", None)
         config = dict(keras.saving.deserialize_keras_object(config))
         no_decay = set(config.pop("no_weight_decay", None) or ())
@@ -373,6 +382,7 @@ class CLIP(BuiltInInitModel, keras.Model):
         groups = locking.image_tower_groups(self)
         locking.lock_groups(groups, unlocked_groups, "image tower", freeze_batch_norm=freeze_bn_stats)
         self.image_tower_locked = unlocked_groups == 0
+        self.locks["image"] = [int(unlocked_groups), bool(freeze_bn_stats)]
         return self
 
     def lock_text_tower(self, unlocked_layers=0, freeze_layer_norm=True):
@@ -384,6 +394,7 @@ class CLIP(BuiltInInitModel, keras.Model):
         locking.lock_groups(groups, unlocked_layers, "text tower",
                             keep_layer_norm=not freeze_layer_norm)
         self.text_tower_locked = unlocked_layers == 0 and freeze_layer_norm
+        self.locks["text"] = [int(unlocked_layers), bool(freeze_layer_norm)]
         return self
 
     def _unpack(self, data):

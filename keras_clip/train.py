@@ -89,6 +89,9 @@ def _initial_model(init_from, preset, loss, overrides):
         if not overrides:
             return source
         siglip = {}
+    if siglip:
+        print(f"--loss siglip on {init_from}: adding SigLIP's logit bias (-10) and resetting the "
+              f"logit scale to ln 10 (was {float(source.logit_scale.numpy()):.4f})")
     config = dict(source.get_config(), **overrides, **siglip)
     config.pop("name", None)
     model = CLIP.from_config(config)
@@ -129,7 +132,7 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
                warmup_steps=None, weight_decay=0.2, strategy="default", cpu_replicas=None,
                mixed_precision=False, xla=True, seed=0, eval_examples=1000, save_freq=50,
                profile=False, deterministic=True, num_examples=None, verbose=1, init_from=None,
-               loss="contrastive", accum_freq=1, lock_image=False, lock_image_unlocked_groups=0,
+               loss=None, accum_freq=1, lock_image=False, lock_image_unlocked_groups=0,
                lock_image_freeze_bn_stats=False, lock_text=False, lock_text_unlocked_layers=0,
                lock_text_freeze_layer_norm=True, split="train", **model_overrides):
     """Build, train and save a CLIP; returns ``(model, history_dict)``.
@@ -171,6 +174,8 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
 
     with strategy.scope():
         model = _initial_model(init_from, preset, loss, model_overrides)
+    if loss is None:  # the starting model's own: SigLIP's if it has SigLIP's logit bias
+        loss = "siglip" if model.logit_bias is not None else "contrastive"
     if batch_size % (accum_freq * strategy.num_replicas_in_sync):
         raise ValueError(f"accum_freq {accum_freq} x {strategy.num_replicas_in_sync} replica(s) "
                          f"does not divide the batch size {batch_size}")
@@ -259,7 +264,10 @@ def main(argv=None):
     p.add_argument("--init-from", default=None,
                    help="start from these weights: a .keras model, or a checkpoint file / folder "
                         "load_pretrained reads (architecture taken from it)")
-    p.add_argument("--loss", default="contrastive", choices=["contrastive", "siglip"])
+    p.add_argument("--loss", default=None, choices=["contrastive", "siglip"],
+                   help="default: contrastive, or siglip for an --init-from model trained with it "
+                        "(one with a logit bias); switching a CLIP to siglip adds SigLIP's bias "
+                        "(-10) and resets its logit scale to SigLIP's ln 10")
     p.add_argument("--accum-freq", type=positive_int, default=1,
                    help="micro-batches per step, keeping every negative (open_clip's)")
     p.add_argument("--lock-image", action="store_true", help="lock the image tower (LiT)")
@@ -301,6 +309,8 @@ def main(argv=None):
     p.add_argument("--verbose", type=int, default=1)
     add_tf_logs_flag(p)
     args = p.parse_args(argv)
+    if args.lock_text_freeze_layer_norm and not args.lock_text:
+        p.error("--lock-text-freeze-layer-norm needs --lock-text")
     if args.init_from and (args.preset or args.text_encoder):
         p.error("--init-from takes the architecture from the checkpoint: leave out --preset / "
                 "--text-encoder")

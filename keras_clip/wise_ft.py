@@ -39,6 +39,14 @@ def check_same_architecture(zero_shot, fine_tuned):
                          f"{type(zero_shot).__name__}, the fine-tuned one a "
                          f"{type(fine_tuned).__name__}")
     a, b = zero_shot.weights, fine_tuned.weights
+    names_a = {_name(v, i) for i, v in enumerate(a)}
+    names_b = {_name(v, i) for i, v in enumerate(b)}
+    only = sorted(names_a - names_b), sorted(names_b - names_a)
+    if only[0] or only[1]:  # e.g. SigLIP's logit_bias in one model only
+        raise ValueError(
+            "the models differ in architecture: "
+            + "; ".join(f"only the {who} model has {names[:5]}"
+                        for who, names in zip(("zero-shot", "fine-tuned"), only) if names))
     for i, (x, y) in enumerate(zip(a, b)):
         got = [(_name(v, i), tuple(v.shape), str(np.dtype(v.dtype))) for v in (x, y)]
         if got[0] != got[1]:

@@ -137,3 +137,30 @@ def test_accum_freq_that_does_not_divide_the_global_batch_is_named(tmp_path):
                                          r"size 8"):
         train_clip(preset="ViT-Tiny", epochs=1, steps_per_epoch=1, batch_size=8, accum_freq=3,
                    logdir=str(tmp_path), eval_examples=0, verbose=0)
+
+
+def test_a_saved_locked_model_reloads_locked_with_its_optimizer_state(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = CLIP.from_preset("ViT-Tiny").lock_image_tower(unlocked_groups=2)
+    model.lock_text_tower(unlocked_layers=1)
+    _fit(model)
+    path = str(tmp_path / "locked.keras")
+    model.save(path)
+    back = keras.saving.load_model(path)
+    assert back.locks == {"image": [2, False], "text": [1, True]}
+    assert [v.path for v in back.trainable_weights] == [v.path for v in model.trainable_weights]
+    assert int(back.optimizer.iterations.numpy()) == int(model.optimizer.iterations.numpy()) == 2
+    for a, b in zip(model.optimizer.variables, back.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_the_loss_defaults_to_the_starting_models(tmp_path):
+    from keras_clip.train import train_clip
+    import math
+    start = CLIP.from_preset("ViT-Tiny", logit_bias_init=-10.0, logit_scale_init=math.log(10))
+    path = str(tmp_path / "siglip.keras")
+    start.save(path)
+    model, _ = train_clip(init_from=path, data="shapes", epochs=1, steps_per_epoch=1,
+                          batch_size=4, logdir=str(tmp_path / "logs"), eval_examples=0,
+                          xla=False, verbose=0)
+    assert model.clip_loss == "siglip"
