@@ -42,18 +42,16 @@ def check_same_architecture(zero_shot, fine_tuned):
     names_a = {_name(v, i) for i, v in enumerate(a)}
     names_b = {_name(v, i) for i, v in enumerate(b)}
     only = sorted(names_a - names_b), sorted(names_b - names_a)
-    if only[0] or only[1]:  # e.g. SigLIP's logit_bias in one model only
-        raise ValueError(
-            "the models differ in architecture: "
-            + "; ".join(f"only the {who} model has {names[:5]}"
-                        for who, names in zip(("zero-shot", "fine-tuned"), only) if names))
+    # e.g. SigLIP's logit_bias in one model only: said after the first differing position
+    extra = "".join(f"; only the {who} model has {names[:3]}" + (" ..." if len(names) > 3 else "")
+                    for who, names in zip(("zero-shot", "fine-tuned"), only) if names)
     for i, (x, y) in enumerate(zip(a, b)):
         got = [(_name(v, i), tuple(v.shape), str(np.dtype(v.dtype))) for v in (x, y)]
         if got[0] != got[1]:
             (na, sa, da), (nb, sb, db) = got
             raise ValueError(
                 f"the models differ in architecture at weight {i}: zero-shot {na!r} {sa} {da} vs "
-                f"fine-tuned {nb!r} {sb} {db}")
+                f"fine-tuned {nb!r} {sb} {db}{extra}")
     if len(a) != len(b):
         longer, name = (a, "zero-shot") if len(a) > len(b) else (b, "fine-tuned")
         i = min(len(a), len(b))
