@@ -329,9 +329,7 @@ class CLIP(BuiltInInitModel, keras.Model):
 
     def embed_pair(self, images, token_ids, training=False):
         """L2-normalised float32 image and text embeddings of a batch of pairs."""
-        img = l2_normalize(ops.cast(self.encode_image(images, training=training), "float32"))
-        txt = l2_normalize(ops.cast(self.encode_text(token_ids), "float32"))
-        return img, txt
+        return self.embed_images(images, training), self.embed_texts(token_ids)
 
     def embed_images(self, images, training=False):
         """L2-normalised float32 image embeddings (B, embed_dim)."""
