@@ -48,7 +48,7 @@ __all__ = ["COMMANDS", "TF_LOGS_FLAG", "add_tf_logs_flag", "command_module", "in
 COMMANDS = (
     "keras_clip.convert", "keras_clip.demo", "keras_clip.embed", "keras_clip.evaluate",
     "keras_clip.beam", "keras_clip.search_demo", "keras_clip.train", "keras_clip.wise_ft",
-    "keras_dalle.sampling.fidelity", "keras_dalle.sampling.generate",
+    "keras_dalle.fidelity", "keras_dalle.sampling.fidelity", "keras_dalle.sampling.generate",
     "keras_dalle.transformer.train", "keras_dalle.vae.train",
     "export.client", "export.dalle_saved_model", "export.demo_serve", "export.dvae_saved_model",
     "export.saved_model", "export.serve", "export.serving_config", "export.tflite",

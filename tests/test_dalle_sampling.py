@@ -280,18 +280,28 @@ def test_save_grid_and_the_cli_refuse_other_extensions(tmp_path, capsys):
     assert "--out must end in .png, .jpg or .jpeg" in capsys.readouterr().err
 
 
-def test_prompt_fidelity_uses_single_object_heldout_prompts_and_scores_from_pixels(trio):
-    from keras_dalle.sampling.fidelity import fidelity_prompts, prompt_fidelity
+def test_prompt_fidelity_counts_every_sample_before_and_the_best_of_each_group_after(trio):
+    from keras_dalle.sampling.fidelity import SPLITS, prompt_fidelity
 
-    prompts, colours = fidelity_prompts(6)
-    assert len(set(prompts)) == 6
-    assert all(c in p and " of " not in p and "above" not in p for p, c in zip(prompts, colours))
-    dalle, vae, clip = trio
-    r = prompt_fidelity(dalle, vae, clip, num_prompts=2, num_samples=5, keep=2, chunk=2)
-    assert r["prompts"] == prompts[:2]
-    assert 0.0 <= r["before"] <= 1.0 and 0.0 <= r["after"] <= 1.0
-    # 10 samples before, 4 kept after: shares are multiples of 1/10 and 1/4
-    assert round(r["before"] * 10, 6).is_integer() and round(r["after"] * 4, 6).is_integer()
+    dalle, vae, clip = trio  # random weights: the rates are ~0, the bookkeeping is what counts
+    # 2 prompts × 5 samples per call: the loop the rerank test above compiled (grouping is
+    # tested on known samples in tests/test_fidelity.py)
+    r = prompt_fidelity(dalle, vae, clip, num_prompts=4, num_samples=5, group=5, chunk=2)
+    assert list(r["splits"]) == list(SPLITS) and r["num_samples"] == 5 and r["group"] == 5
+    for split, s in r["splits"].items():
+        assert len(s["prompts"]) == 4 and len(s["per_prompt"]) == 4
+        for when, n in (("before", 4 * 5), ("after", 4 * 5 // 5)):
+            c = s[when]
+            assert c["n"] == n and 0 <= c["k"] <= n and c["rate"] == c["k"] / n
+            assert 0 <= c["interval"][0] <= c["rate"] <= c["interval"][1] <= 1
+            assert sum(p[when][0] for p in s["per_prompt"]) == c["k"]
+            assert all(p[when][1] == n // 4 for p in s["per_prompt"])
+        # every failed sample has a kind of failure
+        assert sum(s["errors"].values()) == s["before"]["n"] - s["before"]["k"]
+    assert all(" above " not in p and " of " not in p for p in r["splits"]["seen"]["prompts"])
+    without = prompt_fidelity(dalle, vae, None, splits=["heldout"], num_prompts=2, num_samples=5)
+    assert without["splits"]["heldout"]["after"] is None
+    assert without["splits"]["heldout"]["before"]["n"] == 10
 
 
 def test_model_generate_and_the_tensorboard_sample_grid(trio, tmp_path):

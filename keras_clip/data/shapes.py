@@ -343,6 +343,20 @@ _SDF = {"circle": _sdf_circle, "square": _sdf_square, "triangle": _sdf_triangle,
         "diamond": _sdf_diamond, "star": _sdf_star}
 
 
+def shape_sdf(shape, u, v):
+    """The renderer's own signed distance to the outline of ``shape``: float array, in radii.
+
+    ``u`` (right) and ``v`` (down) are offsets from the shape's centre in radii (arrays that
+    broadcast); the result is negative inside. A pixel whose centre is ``d`` radii from the
+    outline is covered ``clip(0.5 − d · radius_px, 0, 1)``. Public for readers of the pixels
+    (`keras_clip.data.shapes_reader` renders its templates with it). Raises ValueError for a
+    shape not in ``SHAPES``.
+    """
+    if shape not in _SDF:
+        raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
+    return _SDF[shape](np.asarray(u), np.asarray(v))
+
+
 def _describe(scene, i):
     def obj(k):
         colour, shape = CLASSES[int(scene["first"][i] if k == 0 else scene["second"][i])]
