@@ -181,6 +181,31 @@ def test_fit_decreases_loss_on_a_repeated_batch(xla):
     assert history["text_loss"][-1] < history["text_loss"][0]
 
 
+def test_zero_text_loss_weight_trains_only_the_image_loss_and_leaves_the_text_head():
+    keras.utils.set_random_seed(0)
+    model = DALLE.from_preset("dalle-tiny", text_loss_weight=0.0, image_loss_weight=1.0)
+    reference = DALLE.from_preset("dalle-tiny", text_loss_weight=0.0, image_loss_weight=1.0)
+    reference.set_weights(model.get_weights())
+    text, image = _batch(batch=4)
+    loss, text_loss, image_loss = model.compute_losses(tf.constant(text), tf.constant(
+        image.reshape(4, -1)))
+    assert float(text_loss) == 0.0 and float(loss) == pytest.approx(float(image_loss))
+    assert not any("text_head" in v.path for v in model.trainable_variables)
+    head = [w.numpy().copy() for w in model.text_head.weights]
+    model.compile(keras.optimizers.Adam(3e-3), xla=False)
+    ds = tf.data.Dataset.from_tensors({"text_token_ids": text, "image_tokens": image}).repeat()
+    history = model.fit(ds, steps_per_epoch=6, epochs=1, verbose=0).history
+    assert history["text_loss"] == [0.0]
+    for before, after in zip(head, model.text_head.weights):
+        np.testing.assert_array_equal(before, after.numpy())
+    # The image logits do not depend on the text head: the same as a model that computes both.
+    a = model.logits(tf.constant(text), tf.constant(image.reshape(4, -1)), with_text=False)[1]
+    b = model.logits(tf.constant(text), tf.constant(image.reshape(4, -1)))[1]
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    with pytest.raises(ValueError, match="must be >= 0"):
+        DALLE.from_preset("dalle-tiny", text_loss_weight=-1.0)
+
+
 def test_save_load_round_trip(tiny, tmp_path):
     path = tmp_path / "dalle.keras"
     tiny.save(path)
@@ -359,6 +384,7 @@ def test_training_cli_on_shapes_with_a_tiny_dvae(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "held-out image-token cross-entropy (16 examples)" in printed
     assert "unigram baseline" in printed
+    assert "per-position unigram" in printed and "captions shuffled" in printed
     model = keras.saving.load_model(out)
     # The stream follows the dVAE (8×8 grid, K = 16) and the CLIP BPE vocabulary.
     assert (model.grid_height, model.image_vocab_size, model.text_vocab_size) == (8, 16, 49408)

@@ -21,8 +21,9 @@ import tensorflow as tf
 
 from keras_clip.data.readers import make_clip_dataset
 
-__all__ = ["dalle_dataset", "encode_token_arrays", "token_dataset", "unigram_cross_entropy",
-           "unigram_entropy", "vae_encoder_fn"]
+__all__ = ["dalle_dataset", "encode_token_arrays", "positional_unigram_cross_entropy",
+           "shuffled_captions", "token_dataset", "unigram_cross_entropy", "unigram_entropy",
+           "vae_encoder_fn"]
 
 
 def vae_encoder_fn(vae):
@@ -91,3 +92,41 @@ def unigram_cross_entropy(train_tokens, eval_tokens, vocab_size, smoothing=1.0):
     counts = np.bincount(np.asarray(train_tokens).ravel(), minlength=vocab_size) + smoothing
     logp = np.log(counts / counts.sum())
     return float(-logp[np.asarray(eval_tokens).ravel()].mean())
+
+
+def positional_unigram_cross_entropy(train_tokens, eval_tokens, vocab_size, smoothing=1.0):
+    """Cross-entropy (nats, mean over positions and examples) on `eval_tokens` of a per-position
+    unigram: each raster position's own histogram of the training tokens at that position
+    (add-`smoothing` counts), with no text and no previous tokens.
+
+    The baseline a text-conditioned model must beat to show it uses more than "what usually
+    sits at this spot" (on the shapes data: background in the corners, object codes near the
+    middle). train_tokens [N, ...] and eval_tokens [M, ...] int, with the same trailing shape
+    (e.g. [N, h, w]); ValueError if they differ.
+    """
+    train = np.asarray(train_tokens).reshape(len(train_tokens), -1)
+    evaluate = np.asarray(eval_tokens).reshape(len(eval_tokens), -1)
+    if train.shape[1] != evaluate.shape[1]:
+        raise ValueError(f"train and eval tokens have {train.shape[1]} and {evaluate.shape[1]} "
+                         "positions per example: they must come from the same grid")
+    positions = train.shape[1]
+    counts = np.full((positions, vocab_size), float(smoothing))
+    np.add.at(counts, (np.broadcast_to(np.arange(positions), train.shape), train), 1.0)
+    logp = np.log(counts / counts.sum(axis=1, keepdims=True))  # (positions, V)
+    return float(-logp[np.arange(positions)[None, :], evaluate].mean())
+
+
+def shuffled_captions(arrays, seed=0):
+    """A copy of token `arrays` whose captions (`text_token_ids` rows) are permuted among the
+    examples by a seeded derangement (every example gets another example's caption: a random
+    order, each taking the next one's), the images unchanged. Scoring a model on it measures
+    how much its image-token loss depends on the text. ValueError for fewer than 2 examples."""
+    n = len(arrays["text_token_ids"])
+    if n < 2:
+        raise ValueError(f"shuffling captions needs at least 2 examples, got {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    source = np.empty(n, np.int64)
+    source[order] = np.roll(order, -1)  # example order[i] takes order[i + 1]'s caption
+    out = dict(arrays)
+    out["text_token_ids"] = np.asarray(arrays["text_token_ids"])[source]
+    return out

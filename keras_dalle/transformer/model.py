@@ -71,7 +71,11 @@ class DALLE(BuiltInInitModel, keras.Model):
             same outputs).
         kernel_size: the conv pattern's window (11 in the paper for 32 × 32).
         pad_id: text id that gets the per-position pad embedding (0: CLIP pads with 0).
-        text_loss_weight, image_loss_weight: 1/8 and 7/8.
+        text_loss_weight, image_loss_weight: 1/8 and 7/8. ``text_loss_weight=0`` (the shapes
+            demo's choice: its captions are a fixed grammar, and the 49408-way text head was
+            ~40% of its training FLOPs) skips the text logits in training and evaluation —
+            ``text_loss`` is then reported as 0 — and leaves the text head untrained
+            (non-trainable); ``call`` still returns its logits.
         tie_embeddings: output logits from the token-embedding matrices instead of two heads.
 
     `call({"text_token_ids", "image_tokens"})` returns `text_logits` [B, n-1, text_vocab_size]
@@ -129,6 +133,9 @@ class DALLE(BuiltInInitModel, keras.Model):
             raise ValueError(f"pad_id must be in [0, {self.text_vocab_size}), got {pad_id}")
         self.text_loss_weight = float(text_loss_weight)
         self.image_loss_weight = float(image_loss_weight)
+        if self.text_loss_weight < 0 or self.image_loss_weight < 0:
+            raise ValueError("text_loss_weight and image_loss_weight must be >= 0, got "
+                             f"{text_loss_weight} and {image_loss_weight}")
         self.tie_embeddings = bool(tie_embeddings)
 
         policy = self.dtype_policy
@@ -185,6 +192,8 @@ class DALLE(BuiltInInitModel, keras.Model):
         if not self.tie_embeddings:
             self.text_head.build(shape)
             self.image_head.build(shape)
+            # No text loss: its head gets no gradient, so the optimizer must not see it.
+            self.text_head.trainable = self.text_loss_weight > 0
         self.built = True
 
     @classmethod
@@ -265,21 +274,27 @@ class DALLE(BuiltInInitModel, keras.Model):
         image_x = ops.concatenate([soi, previous], axis=1) + ops.reshape(grid, (h * w, self.width))
         return ops.cast(ops.concatenate([text_x, image_x], axis=1), dtype)
 
-    def logits(self, text, image):
-        """float32 (text_logits [B, n-1, V_t], image_logits [B, N, V_i]) of checked int32 ids."""
+    def logits(self, text, image, with_text=True):
+        """float32 (text_logits [B, n-1, V_t], image_logits [B, N, V_i]) of checked int32 ids;
+        text_logits is None with ``with_text=False``."""
         x = self.embed(text, image)
         for block in self.blocks:
             x = block(x)
         x = self.ln_final(x)
         text_x, image_x = x[:, :self.text_len - 1], x[:, self.text_len:]
+        text_logits = None
         if self.tie_embeddings:
-            text_logits = ops.matmul(text_x, ops.cast(ops.transpose(self.text_token_embedding),
-                                                      x.dtype))
+            if with_text:
+                text_logits = ops.matmul(text_x, ops.cast(
+                    ops.transpose(self.text_token_embedding), x.dtype))
             image_logits = ops.matmul(image_x, ops.cast(
                 ops.transpose(self.image_token_embedding), x.dtype))
         else:
-            text_logits, image_logits = self.text_head(text_x), self.image_head(image_x)
-        return ops.cast(text_logits, "float32"), ops.cast(image_logits, "float32")
+            text_logits = self.text_head(text_x) if with_text else None
+            image_logits = self.image_head(image_x)
+        if text_logits is not None:
+            text_logits = ops.cast(text_logits, "float32")
+        return text_logits, ops.cast(image_logits, "float32")
 
     def call(self, inputs):
         text, image = self.check_inputs(inputs)
@@ -288,8 +303,10 @@ class DALLE(BuiltInInitModel, keras.Model):
 
     def compute_losses(self, text, image):
         """float32 scalars (loss, text_loss, image_loss) of int32 ids [B, n] and [B, N]."""
-        text_logits, image_logits = self.logits(text, image)
-        text_loss = sparse_cross_entropy(text_logits, text[:, 1:])
+        with_text = self.text_loss_weight > 0
+        text_logits, image_logits = self.logits(text, image, with_text=with_text)
+        text_loss = (sparse_cross_entropy(text_logits, text[:, 1:]) if with_text
+                     else tf.zeros((), tf.float32))
         image_loss = sparse_cross_entropy(image_logits, image)
         loss = self.text_loss_weight * text_loss + self.image_loss_weight * image_loss
         return loss, text_loss, image_loss

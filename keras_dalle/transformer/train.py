@@ -35,8 +35,9 @@ from keras_clip.text.tokenizer import VOCAB_SIZE
 from keras_dalle.transformer.callbacks import SampleGrid, TokensPerSecond
 from keras_dalle.vae.model import DiscreteVAE
 from keras_dalle.transformer.presets import DALLE_PRESETS
-from keras_dalle.transformer.data import (dalle_dataset, encode_token_arrays, token_dataset,
-                              unigram_cross_entropy, unigram_entropy)
+from keras_dalle.transformer.data import (dalle_dataset, encode_token_arrays,
+                                          positional_unigram_cross_entropy, shuffled_captions,
+                                          token_dataset, unigram_cross_entropy, unigram_entropy)
 
 __all__ = ["train_dalle", "heldout_image_loss", "main"]
 
@@ -142,11 +143,18 @@ def train_dalle(vae, data="shapes", preset="dalle-shapes", epochs=4, steps_per_e
     result = dict(model=model, history=history.history, train_seconds=train_seconds,
                   encode_seconds=encode_seconds, output=output, config=model.get_config(),
                   unigram_entropy=unigram_entropy(unigram_tokens, model.image_vocab_size),
-                  heldout_image_loss=None, unigram_heldout_cross_entropy=None)
+                  heldout_image_loss=None, unigram_heldout_cross_entropy=None,
+                  positional_unigram_heldout_cross_entropy=None,
+                  shuffled_captions_heldout_image_loss=None)
     if heldout is not None:
         result["heldout_image_loss"] = heldout_image_loss(model, heldout)
         result["unigram_heldout_cross_entropy"] = unigram_cross_entropy(
             unigram_tokens, heldout["image_tokens"], model.image_vocab_size)
+        result["positional_unigram_heldout_cross_entropy"] = positional_unigram_cross_entropy(
+            unigram_tokens, heldout["image_tokens"], model.image_vocab_size)
+        if len(heldout["image_tokens"]) > 1:
+            result["shuffled_captions_heldout_image_loss"] = heldout_image_loss(
+                model, shuffled_captions(heldout, seed=seed))
         result["heldout_examples"] = len(heldout["image_tokens"])
     if output:
         save_model_atomic(model, output)
@@ -202,8 +210,12 @@ def main(argv=None):
           "nats")
     if result["heldout_image_loss"] is not None:
         print(f"held-out image-token cross-entropy ({result['heldout_examples']} examples): "
-              f"{result['heldout_image_loss']:.4f} nats (training unigram on held-out: "
-              f"{result['unigram_heldout_cross_entropy']:.4f} nats)")
+              f"{result['heldout_image_loss']:.4f} nats; baselines on the same tokens: training "
+              f"unigram {result['unigram_heldout_cross_entropy']:.4f}, per-position unigram "
+              f"{result['positional_unigram_heldout_cross_entropy']:.4f} nats")
+        if result["shuffled_captions_heldout_image_loss"] is not None:
+            print("the same model with the held-out captions shuffled among the images: "
+                  f"{result['shuffled_captions_heldout_image_loss']:.4f} nats")
     if result["output"]:
         print(f"saved {result['output']}")
     return 0
