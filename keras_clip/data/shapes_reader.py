@@ -202,22 +202,21 @@ def _label_numpy(mask):
 
 
 def _erode(mask):
-    h, w = mask.shape
-    padded = np.pad(mask, 1)
-    out = mask.copy()
-    for dy in range(3):
-        for dx in range(3):
-            out &= padded[dy:dy + h, dx:dx + w]
-    return out
+    return _morph(mask, np.logical_and)
 
 
 def _dilate(mask):
+    return _morph(mask, np.logical_or)
+
+
+def _morph(mask, combine):
+    """3×3 erosion (combine = and) or dilation (or) of a boolean mask; outside counts False."""
     h, w = mask.shape
     padded = np.pad(mask, 1)
     out = mask.copy()
     for dy in range(3):
         for dx in range(3):
-            out |= padded[dy:dy + h, dx:dx + w]
+            combine(out, padded[dy:dy + h, dx:dx + w], out=out)
     return out
 
 
