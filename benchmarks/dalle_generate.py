@@ -44,16 +44,13 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from dalle_vs_pytorch import HERE, PAPER_TORCH, ROOT, conv_keys, fmt, ours_model, run_child
 RESULTS = os.path.join(HERE, "results", "dalle_generate.md")
 
-PAPER_TORCH = ("axial_row", "axial_col", "axial_row", "conv_like")
 
 # (label, row config). "kind" picks the child; the first row is the ratios' baseline.
 ROWS = [
@@ -119,24 +116,11 @@ def text_ids(c):
 
 # --- children ----------------------------------------------------------------------------------
 def ours_child(c):
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    sys.path.insert(0, ROOT)
+    model, tf, keras = ours_model(c)
     import numpy as np
-    import tensorflow as tf
-    tf.config.threading.set_intra_op_parallelism_threads(c["threads"])
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    import keras
 
     from keras_dalle.sampling.sampler import sample_image_tokens
-    from keras_dalle.transformer.model import DALLE
 
-    keras.utils.set_random_seed(0)
-    model = DALLE(text_len=c["text_len"], grid_height=c["grid"], grid_width=c["grid"],
-                  text_vocab_size=c["text_vocab"], image_vocab_size=c["image_vocab"],
-                  width=c["width"], num_layers=c["layers"], num_heads=c["heads"],
-                  mlp_ratio=6.0, kernel_size=c["kernel_size"],
-                  attention_schedule=None if c["schedule"] == "paper" else
-                  ["full"] * c["layers"])
     text = text_ids(c).astype(np.int32)
 
     def call():
@@ -211,25 +195,6 @@ def torch_child(c):
                               dalle_pytorch=dalle_pytorch.version.__version__))
 
 
-def run_child(row, config, args, inductor_dir=None):
-    cfg = dict(config, **row)
-    env = dict(os.environ)
-    if row["kind"] == "torch":
-        if args.omp_wait_policy:
-            env["OMP_WAIT_POLICY"] = args.omp_wait_policy
-        if inductor_dir:
-            env["TORCHINDUCTOR_CACHE_DIR"] = inductor_dir
-    load = os.getloadavg()[0]
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(cfg)],
-                         capture_output=True, text=True, env=env)
-    if out.returncode:
-        return dict(error=(out.stderr.strip().splitlines() or ["(no stderr)"])[-1][:300],
-                    load=[load, os.getloadavg()[0]])
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["load"] = [load, os.getloadavg()[0]]
-    return result
-
-
 # --- the table -----------------------------------------------------------------------------------
 DIFFERENCES = [
     "Feed-forward: dalle-pytorch's is GEGLU and cannot be switched off in 1.6.6 "
@@ -271,21 +236,6 @@ DIFFERENCES = [
     "Sampling: both top-k (256 image tokens kept) with Gumbel-max noise at temperature 1; "
     "dalle-pytorch's filter_thres is chosen so int((1 − thres)·total_tokens) = 256.",
 ]
-
-
-def conv_keys(grid, kernel_size):
-    k2 = kernel_size // 2
-    return len({dr * grid + dc for dr in range(k2 + 1) for dc in range(-k2, k2 + 1)
-                if dr * grid + dc >= 0})
-
-
-def summarize(values):
-    return statistics.median(values), min(values), max(values)
-
-
-def fmt(values, digits=1):
-    m, lo, hi = summarize(values)
-    return f"{m:.{digits}f} ({lo:.{digits}f}–{hi:.{digits}f})"
 
 
 def report(args, config, results, loads, warm, command, started, wall, versions, agreement):
@@ -411,7 +361,7 @@ def main():
         for name, row in rows:
             tmp = tempfile.mkdtemp(prefix="inductor_") if row.get("compile") else None
             try:
-                r = run_child(row, config, args, tmp)
+                r = run_child(__file__, row, config, args, tmp)
             finally:
                 if tmp and (rep < args.reps - 1 or warm_dir):
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -432,7 +382,7 @@ def main():
     if warm_dir:
         tmp, name, row = warm_dir
         try:
-            warm = run_child(row, config, args, tmp)
+            warm = run_child(__file__, row, config, args, tmp)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         loads += warm["load"]

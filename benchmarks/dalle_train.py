@@ -30,16 +30,13 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from dalle_vs_pytorch import HERE, PAPER_TORCH, ROOT, conv_keys, fmt, ours_model, run_child
 RESULTS = os.path.join(HERE, "results", "dalle_train.md")
 
-PAPER_TORCH = ("axial_row", "axial_col", "axial_row", "conv_like")
 
 ROWS = [
     ("ours, paper schedule row/column/row/conv (attention_impl=\"sparse\")",
@@ -109,23 +106,9 @@ def batch_of(c):
 
 # --- children ----------------------------------------------------------------------------------
 def ours_child(c):
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    sys.path.insert(0, ROOT)
+    model, tf, keras = ours_model(c, attention_impl="sparse")
     import numpy as np
-    import tensorflow as tf
-    tf.config.threading.set_intra_op_parallelism_threads(c["threads"])
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    import keras
 
-    from keras_dalle.transformer.model import DALLE
-
-    keras.utils.set_random_seed(0)
-    model = DALLE(text_len=c["text_len"], grid_height=c["grid"], grid_width=c["grid"],
-                  text_vocab_size=c["text_vocab"], image_vocab_size=c["image_vocab"],
-                  width=c["width"], num_layers=c["layers"], num_heads=c["heads"],
-                  mlp_ratio=6.0, kernel_size=c["kernel_size"], attention_impl="sparse",
-                  attention_schedule=None if c["schedule"] == "paper" else
-                  ["full"] * c["layers"])
     model.compile(optimizer=keras.optimizers.AdamW(learning_rate=3e-4, weight_decay=0.01,
                                                    beta_1=0.9, beta_2=0.999, epsilon=1e-8),
                   xla=True)
@@ -191,25 +174,6 @@ def torch_child(c):
                               dalle_pytorch=dalle_pytorch.version.__version__))
 
 
-def run_child(row, config, args, inductor_dir=None):
-    cfg = dict(config, **row)
-    env = dict(os.environ)
-    if row["kind"] == "torch":
-        if args.omp_wait_policy:
-            env["OMP_WAIT_POLICY"] = args.omp_wait_policy
-        if inductor_dir:
-            env["TORCHINDUCTOR_CACHE_DIR"] = inductor_dir
-    load = os.getloadavg()[0]
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(cfg)],
-                         capture_output=True, text=True, env=env)
-    if out.returncode:
-        return dict(error=(out.stderr.strip().splitlines() or ["(no stderr)"])[-1][:300],
-                    load=[load, os.getloadavg()[0]])
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["load"] = [load, os.getloadavg()[0]]
-    return result
-
-
 # --- the table -----------------------------------------------------------------------------------
 def matmul_gflop(c):
     """Analytic weight-matmul GFLOP per training step (forward + backward = 3 × forward,
@@ -266,17 +230,6 @@ def differences(c):
         "tf.function (the forward and backward pass are one XLA function, "
         "`DALLE.compile(xla=True)`).",
     ]
-
-
-def conv_keys(grid, kernel_size):
-    k2 = kernel_size // 2
-    return len({dr * grid + dc for dr in range(k2 + 1) for dc in range(-k2, k2 + 1)
-                if dr * grid + dc >= 0})
-
-
-def fmt(values, digits=1):
-    m = statistics.median(values)
-    return f"{m:.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
 
 
 def report(args, c, results, loads, command, started, wall, versions):
@@ -371,7 +324,7 @@ def main():
         for name, row in rows:
             tmp = tempfile.mkdtemp(prefix="inductor_") if row.get("compile") else None
             try:
-                r = run_child(row, config, args, tmp)
+                r = run_child(__file__, row, config, args, tmp)
             finally:
                 if tmp:
                     shutil.rmtree(tmp, ignore_errors=True)
