@@ -409,3 +409,25 @@ def test_tokens_per_second_callback_counts_timed_steps(monkeypatch):
         cb.on_train_batch_end(step)
     cb.on_epoch_end(0, logs)
     assert logs["tokens_per_second"] == pytest.approx(600 / 1.5)
+
+
+def test_max_objects_keeps_the_single_object_scenes_in_order():
+    from keras_clip.data.shapes import generate_shapes
+    from keras_dalle.transformer.train import _at_most
+
+    scenes = generate_shapes(60, split="train", image_size=16)["attributes"]
+    single = [i for i, s in enumerate(scenes) if len(s["objects"]) == 1]
+    assert 0 < len(single) < 60  # both kinds occur, so the filter is tested
+    arrays = {"image_tokens": np.arange(60)[:, None], "text_token_ids": np.arange(60)[:, None]}
+    kept = _at_most(arrays, 1, 60, 0, 16)
+    assert kept["image_tokens"][:, 0].tolist() == single
+    assert kept["text_token_ids"][:, 0].tolist() == single
+    assert len(_at_most(arrays, 2, 60, 0, 16)["image_tokens"]) == 60
+
+
+@pytest.mark.parametrize("data, max_objects", [("shards/*.tfrecord", 1), ("shapes", 3)])
+def test_max_objects_is_refused_outside_the_shapes_data_or_range(data, max_objects):
+    from keras_dalle.transformer.train import train_dalle
+
+    with pytest.raises(ValueError, match="max_objects is for the shapes data"):
+        train_dalle("missing.keras", data=data, max_objects=max_objects, verbose=0)

@@ -69,24 +69,44 @@ def _model_config(preset, vae, overrides):
     return config
 
 
+def _at_most(arrays, max_objects, num_examples, seed, image_size):
+    # The shapes split is a pure function of (split, seed, index), and dalle_dataset kept its
+    # order (shuffle=False), so row i of the arrays is scene i of generate_shapes.
+    from keras_clip.data.shapes import generate_shapes
+
+    # image_size: the dataset's, so generate_shapes' cache answers.
+    scenes = generate_shapes(num_examples, split="train", image_size=image_size,
+                             seed=seed)["attributes"]
+    keep = np.array([len(s["objects"]) <= max_objects for s in scenes])
+    if not keep.any():
+        raise ValueError(f"no training scene has at most {max_objects} object(s)")
+    return {key: value[keep] for key, value in arrays.items()}
+
+
 def train_dalle(vae, data="shapes", preset="dalle-shapes", epochs=4, steps_per_epoch=20,
                 batch_size=16, learning_rate=1e-3, weight_decay=0.01, logdir=None, output=None,
                 strategy="default", cpu_replicas=None, mixed_precision=False, xla=True,
                 attention_impl=None, num_examples=4_000, heldout_examples=300, eval_data=None,
-                seed=0, verbose=2, sample_prompts=None, **model_overrides):
+                seed=0, verbose=2, sample_prompts=None, max_objects=None, **model_overrides):
     """Build, train, evaluate and save a `DALLE`; returns a result dict.
 
     vae: a `DiscreteVAE` or the path of a saved one (frozen; tokenizes the images).
     batch_size: the global batch (split over replicas). Returns dict(model, history,
     heldout_image_loss, unigram_entropy, unigram_heldout_cross_entropy, train_seconds,
     output, config). ``sample_prompts``: prompts whose samples go to TensorBoard each epoch
-    (needs ``logdir``).
+    (needs ``logdir``). ``max_objects`` (shapes only): train on the scenes with at most this many
+    objects among the first ``num_examples`` (1: single-object captions only; None: all); the
+    held-out set is unfiltered. Raises ValueError for ``max_objects`` with file data, or not 1
+    or 2, or leaving no example.
 
     Example:
         >>> result = train_dalle("dvae.keras", preset="dalle-shapes", epochs=1, steps_per_epoch=5)
     """
     from keras_dalle.transformer.model import DALLE
 
+    if max_objects is not None and (data != "shapes" or max_objects not in (1, 2)):
+        raise ValueError("max_objects is for the shapes data (1 or 2 objects), got "
+                         f"max_objects={max_objects!r} with data={data!r}")
     strategy = make_strategy(strategy, cpu_replicas)  # first: it may configure devices
     if isinstance(vae, (str, os.PathLike)):  # before the policy: the dVAE stays float32
         vae = load_model(vae, DiscreteVAE)
@@ -103,6 +123,8 @@ def train_dalle(vae, data="shapes", preset="dalle-shapes", epochs=4, steps_per_e
         train = encode_token_arrays(dalle_dataset(
             "shapes", 256, vae, text_len, split="train", shuffle=False, seed=seed,
             num_examples=num_examples, drop_remainder=False))
+        if max_objects is not None:
+            train = _at_most(train, max_objects, num_examples, seed, vae.image_size)
         heldout = encode_token_arrays(dalle_dataset(
             "shapes", 256, vae, text_len, split="heldout", shuffle=False, seed=seed,
             num_examples=heldout_examples, drop_remainder=False)) if heldout_examples else None
@@ -176,6 +198,8 @@ def _parser():
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--num-examples", type=int, default=4_000, help="training examples")
     p.add_argument("--heldout-examples", type=int, default=300)
+    p.add_argument("--max-objects", type=int, default=None, choices=(1, 2),
+                   help="shapes data: train only on scenes with at most this many objects")
     p.add_argument("--logdir", default=None, help="TensorBoard logs and the resume backup")
     p.add_argument("--output", default=None, help="where to save the model (.keras)")
     p.add_argument("--strategy", default="default", choices=STRATEGIES)
@@ -202,7 +226,7 @@ def main(argv=None):
         mixed_precision=args.mixed_precision, xla=not args.no_xla,
         attention_impl=args.attention_impl, num_examples=args.num_examples,
         heldout_examples=args.heldout_examples, eval_data=args.eval_data, seed=args.seed,
-        verbose=args.verbose, sample_prompts=args.sample_prompts)
+        verbose=args.verbose, sample_prompts=args.sample_prompts, max_objects=args.max_objects)
     h = result["history"]
     print(f"trained {len(h['loss'])} epochs in {result['train_seconds']:.0f} s; final loss "
           f"{h['loss'][-1]:.4f} (text {h['text_loss'][-1]:.4f}, image {h['image_loss'][-1]:.4f})")
