@@ -144,6 +144,12 @@ class ResumableBackup(keras.callbacks.Callback):
     Files are written to a temporary name and renamed, so a kill never leaves a torn backup.
     ``steps_run`` counts the batches this callback saw end in this process.
 
+    ``run_config`` (a JSON-serialisable dict: what defines the run — model source, data, loss,
+    batch, locks, …) is saved with every backup; `restore` refuses (ValueError naming each
+    differing key, the backup's value and this run's) to resume a backup made by a run with a
+    different one, instead of silently continuing another run. Backups without one (older
+    versions) are restored as before.
+
     Test hook: with the environment variable ``KERAS_CLIP_TEST_KILL_AT_STEP=N`` set, the process
     sends itself SIGKILL (``os.kill(os.getpid(), signal.SIGKILL)``) in ``on_train_batch_end`` of
     global step N (the optimizer's ``iterations`` reaching N), right after that step's backup
@@ -153,10 +159,11 @@ class ResumableBackup(keras.callbacks.Callback):
     it to kill a run mid-epoch at a known point.
     """
 
-    def __init__(self, backup_dir, save_freq=50):
+    def __init__(self, backup_dir, save_freq=50, run_config=None):
         super().__init__()
         self.backup_dir = backup_dir
         self.save_freq = save_freq
+        self.run_config = run_config
         self.meta_path = os.path.join(backup_dir, "backup.json")
         self.steps_run = 0
         kill_at = os.environ.get(KILL_AT_STEP_ENV)
@@ -168,6 +175,16 @@ class ResumableBackup(keras.callbacks.Callback):
             return 0
         with open(self.meta_path) as f:
             meta = json.load(f)
+        saved = meta.get("run_config")
+        if saved is not None and self.run_config is not None:
+            now = json.loads(json.dumps(self.run_config))  # tuples → lists, as saved
+            diff = [f"{k}: backup {saved.get(k)!r}, this run {now.get(k)!r}"
+                    for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+            if diff:
+                raise ValueError(
+                    f"{self.backup_dir} holds the backup of a different run ("
+                    + "; ".join(diff) + "). Use another --logdir for this run, or delete "
+                    "that backup folder to start over.")
         if not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
         self.model.load_weights(os.path.join(self.backup_dir, meta["weights"]))
@@ -182,7 +199,7 @@ class ResumableBackup(keras.callbacks.Callback):
         os.replace(tmp, os.path.join(self.backup_dir, name))
         # The metadata is renamed last, so it only ever names a complete weights file of its step.
         with open(self.meta_path + ".tmp", "w") as f:
-            json.dump({"global_step": step, "weights": name}, f)
+            json.dump({"global_step": step, "weights": name, "run_config": self.run_config}, f)
         os.replace(self.meta_path + ".tmp", self.meta_path)
         for old in os.listdir(self.backup_dir):
             if old.startswith("backup-") and old != name:

@@ -590,8 +590,8 @@ def evaluate(model, data, task, out=None, *, model_name=None, train_data=None, c
     """Runs one evaluation task and (with ``out``) writes the results JSON and figures.
 
     Args:
-        model: a CLIP, or the path of a ``.keras`` file holding one (the fine-tuned model B
-            of a WiSE-FT sweep).
+        model: a CLIP, or the path of a ``.keras`` file or of a checkpoint file or folder
+            (`keras_clip.checkpoints.load_clip`) (the fine-tuned model B of a WiSE-FT sweep).
         data: ``"shapes[:split]"``, an ImageFolder directory or shard path(s) (see the module
             docstring).
         task: one of ``TASKS``.
@@ -624,8 +624,7 @@ def evaluate(model, data, task, out=None, *, model_name=None, train_data=None, c
         FileNotFoundError: a missing model or data file.
     """
     from keras_clip.data.readers import SkipCounter
-    from keras_clip.model import CLIP
-    from keras_clip.saving import load_model
+    from keras_clip.checkpoints import load_clip
 
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -646,11 +645,11 @@ def evaluate(model, data, task, out=None, *, model_name=None, train_data=None, c
         templates = read_templates(templates)
     if isinstance(model, (str, os.PathLike)):
         model_name = model_name or os.fspath(model)
-        model = load_model(model, CLIP)
+        model = load_clip(model)
     model_name = model_name or type(model).__name__
     if isinstance(wise_ft_zero_shot, (str, os.PathLike)):
         zero_shot_name = os.fspath(wise_ft_zero_shot)
-        wise_ft_zero_shot = load_model(wise_ft_zero_shot, CLIP)
+        wise_ft_zero_shot = load_clip(wise_ft_zero_shot)
     else:
         zero_shot_name = type(wise_ft_zero_shot).__name__
     if wise_ft_zero_shot is not None:  # fail before any data is read
@@ -777,8 +776,8 @@ def _finish(results, counter, figures, files, out, logdir, steps, progress):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m keras_clip.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="a CLIP .keras file (the fine-tuned model "
-                   "of a WiSE-FT sweep)")
+    p.add_argument("--model", required=True, help="a CLIP .keras file or checkpoint file/folder "
+                   "(the fine-tuned model of a WiSE-FT sweep)")
     p.add_argument("--data", required=True,
                    help="shapes[:<split>] (train, val, heldout …; default val), an ImageFolder "
                         "directory, or shards (.tfrecord, .tar, .tsv/.csv)")

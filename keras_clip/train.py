@@ -12,12 +12,16 @@ sigmoid loss.
 The run resumes from ``<logdir>/backup`` when restarted, at the batch after its last backup
 (every ``--save-freq`` steps and at each epoch end); steps trained after that backup are
 trained again. A run whose backup already holds every step of ``--epochs`` trains nothing
-and says so (``--output`` is still written, from the backup).
+and says so (``--output`` is still written, from the backup). A backup made by a different run
+(another model or ``--init-from``, data, split, loss, batch size, accumulation, seed, precision
+or locks) is refused with an error naming what differs; epochs, steps and the optimizer's
+settings may change on resume.
 
 Test hook: ``KERAS_CLIP_TEST_KILL_AT_STEP`` (see ``callbacks.ResumableBackup``).
 """
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -73,18 +77,16 @@ def _initial_model(init_from, preset, loss, overrides):
     logit bias when switching to loss="siglip": bias -10 and logit scale ln 10, SigLIP's init)."""
     import math
 
-    from keras_clip.checkpoints import load_pretrained
+    from keras_clip.checkpoints import load_clip
     from keras_clip.model import CLIP
-    from keras_clip.saving import load_model
 
     siglip = dict(logit_bias_init=-10.0, logit_scale_init=math.log(10.0))
     if init_from is None:
         return CLIP.from_preset(preset, **(siglip if loss == "siglip" else {}), **overrides)
     if os.fspath(init_from).endswith(".keras"):
-        source = load_model(init_from, CLIP)
-    else:
-        source = load_pretrained(init_from, **overrides)
-        overrides = {}
+        source = load_clip(init_from)
+    else:  # a checkpoint: the overrides (e.g. activation) describe it
+        source, overrides = load_clip(init_from, **overrides), {}
     if loss != "siglip" or source.logit_bias is not None:
         if not overrides:
             return source
@@ -159,7 +161,6 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
     save_freq = check_positive_int("save_freq", save_freq)
     eval_examples = check_positive_int("eval_examples", eval_examples or 0, minimum=0)
     from keras_clip.data.readers import SkipCounter, make_clip_dataset
-    from keras_clip.model import CLIP
     from keras_clip.optimizer import clip_optimizer
 
     strategy = make_strategy(strategy, cpu_replicas)  # first: it may configure devices
@@ -198,7 +199,8 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
     if steps_per_epoch is None:
         cardinality = int(dataset.cardinality())
         if cardinality <= 0:
-            raise ValueError(f"Cannot tell how many batches {data!r} holds; pass steps_per_epoch")
+            raise ValueError(f"Cannot tell how many batches {data!r} holds; pass steps_per_epoch "
+                             "(--steps-per-epoch)")
         steps_per_epoch = cardinality
     total_steps = epochs * steps_per_epoch
     with strategy.scope():
@@ -206,7 +208,19 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
             model, total_steps, learning_rate=learning_rate, warmup_steps=warmup_steps,
             weight_decay=weight_decay), loss=loss, accum_freq=accum_freq,
             xla_towers=xla, jit_compile=False)
-    backup = cb.ResumableBackup(os.path.join(logdir, "backup"), save_freq=save_freq)
+    # What makes a backup this run's: resuming another run's backup would silently drop
+    # init_from, the locks or the loss (found by a new-user trial). The length of the run and
+    # the optimizer's hyper-parameters may change on resume (e.g. more epochs).
+    run_config = dict(
+        init_from=os.path.abspath(init_from) if isinstance(init_from, (str, os.PathLike))
+        else None, preset=None if init_from is not None else preset,
+        model_overrides={k: model_overrides[k] for k in sorted(model_overrides)},
+        data=data if not isinstance(data, (str, os.PathLike)) or data == "shapes"
+        else os.path.abspath(data), split=split, num_examples=num_examples, loss=loss,
+        accum_freq=accum_freq, batch_size=batch_size, seed=seed,
+        mixed_precision=bool(mixed_precision), locks=dict(model.locks))
+    backup = cb.ResumableBackup(os.path.join(logdir, "backup"), save_freq=save_freq,
+                                run_config=json.loads(json.dumps(run_config, default=str)))
     backup.set_model(model)
     start = backup.restore()
     callbacks = [backup, cb.SkipCountLogger(skip_counter)]

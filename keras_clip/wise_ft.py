@@ -148,8 +148,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m keras_clip.wise_ft",
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--zero-shot", required=True, help="the zero-shot model (.keras)")
-    p.add_argument("--fine-tuned", required=True, help="the fine-tuned model (.keras)")
+    p.add_argument("--zero-shot", required=True, help="the zero-shot model (.keras, or a checkpoint "
+                   "file or folder keras_clip.load_pretrained reads)")
+    p.add_argument("--fine-tuned", required=True, help="the fine-tuned model (.keras or a checkpoint)")
     p.add_argument("--alpha", type=float, required=True,
                    help="mixing coefficient in [0, 1]: 0 = zero-shot, 1 = fine-tuned")
     p.add_argument("--out", required=True, help="where to write the interpolated model (.keras)")
@@ -160,11 +161,12 @@ def main(argv=None):
     if not args.out.endswith(".keras"):
         p.error(f"--out must end in .keras, got {args.out!r}")
     import keras_clip  # noqa: F401  (registers CLIP for loading)
-    from keras_clip.saving import load_model, save_model_atomic
+    from keras_clip.checkpoints import load_clip
+    from keras_clip.saving import save_model_atomic
 
     try:
-        zero_shot = load_model(args.zero_shot)
-        fine_tuned = load_model(args.fine_tuned)
+        zero_shot = load_clip(args.zero_shot)
+        fine_tuned = load_clip(args.fine_tuned)
         model = wise_ft(zero_shot, fine_tuned, args.alpha)
     except (FileNotFoundError, ValueError, TypeError) as e:
         raise SystemExit(f"wise_ft: error: {e}") from None

@@ -141,3 +141,19 @@ def test_training_on_data_with_corrupt_records_completes_and_counts_them(tmp_pat
     assert "skipped records so far" in out
     events = list((tmp_path / "logs").rglob("events.out.tfevents*"))
     assert events, "no TensorBoard event file written"
+
+
+def test_a_backup_of_a_different_run_is_refused_not_resumed(tmp_path):
+    # Was (new-user trial): fine-tuning with --init-from / --lock-image into a logdir holding
+    # another run's backup silently resumed that run and dropped the new model and locks.
+    logs = str(tmp_path / "logs")
+    cmd = [sys.executable, "-m", "keras_clip.train", "--preset", "ViT-Tiny", "--epochs", "1",
+           "--batch-size", "8", "--steps-per-epoch", "1", "--num-examples", "16",
+           "--eval-examples", "0", "--logdir", logs, "--verbose", "0", "--no-xla"]
+    _run(cmd)
+    other = subprocess.run(cmd + ["--lock-image", "--seed", "1"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=600)
+    assert other.returncode != 0
+    assert "holds the backup of a different run" in other.stderr
+    assert "locks: backup {}, this run {'image': [0, False]}" in other.stderr
+    assert "seed: backup 0, this run 1" in other.stderr

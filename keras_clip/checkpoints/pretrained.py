@@ -203,3 +203,26 @@ def load_pretrained(path_or_state_dict, preset=None, **overrides):
     config.update(overrides)
     model = CLIP(**config)
     return load_state_dict(model, state, source)
+
+
+def load_clip(path, **overrides):
+    """A ``CLIP`` from a saved ``.keras`` model or any checkpoint `load_pretrained` reads
+    (``overrides`` go to `load_pretrained`, e.g. ``activation`` for a bare state dict; a
+    ``.keras`` file takes none: TypeError).
+
+    The one loader of the CLIs that take "a model" (``keras_clip.train --init-from``,
+    ``keras_clip.wise_ft``, ``keras_clip.evaluate``). Raises FileNotFoundError naming the path
+    when nothing is there, and whatever `load_pretrained` / `keras_clip.saving.load_model` raise.
+    """
+    from keras_clip.model import CLIP
+    from keras_clip.saving import load_model
+
+    if os.fspath(path).endswith(".keras"):
+        if overrides:
+            raise TypeError(f"a .keras model is loaded as saved; got overrides {sorted(overrides)}")
+        return load_model(path, CLIP)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no model at {os.fspath(path)!r}: expected a .keras file or a "
+                                "checkpoint file or folder (see keras_clip.load_pretrained)")
+    return load_pretrained(path, **overrides)
+
