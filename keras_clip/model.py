@@ -433,6 +433,13 @@ class CLIP(BuiltInInitModel, keras.Model):
         batch = images.shape[0]
         if batch is not None and batch % k:
             raise ValueError(f"accum_freq {k} does not divide the per-replica batch {batch}")
+        if batch is None:  # e.g. a last partial batch: a named error, not tf.split's
+            check = tf.debugging.assert_equal(
+                tf.shape(images)[0] % k, 0, message=(
+                    f"accum_freq {k} does not divide the per-replica batch of this step (a partial "
+                    "last batch? batch the data with drop_remainder=True)"))
+            with tf.control_dependencies([check]):
+                images = tf.identity(images)
         image_parts = tf.split(images, k)  # k × (B / k, H, W, 3)
         id_parts = tf.split(token_ids, k)
         # 1. every micro-batch's features, without gradients

@@ -131,3 +131,15 @@ def test_accum_freq_that_does_not_divide_the_batch_is_named():
             "token_ids": np.tile(np.array([[49406, 320, 49407] + [0] * 74], "int32"), (4, 1))}
     with pytest.raises(ValueError, match="accum_freq 3 does not divide the per-replica batch 4"):
         model.train_on_batch(data)
+
+
+def test_a_partial_last_batch_under_accum_freq_is_named():
+    # Was (new-user trial): tf.split's "Number of ways to split should evenly divide ...".
+    model = CLIP.from_preset("ViT-Tiny")
+    model.compile(optimizer="sgd", accum_freq=4, xla_towers=False)
+    data = {"images": np.zeros((10, 32, 32, 3), "float32"),
+            "token_ids": np.tile(np.array([[49406, 320, 49407] + [0] * 74], "int32"), (10, 1))}
+    ds = tf.data.Dataset.from_tensor_slices(data).batch(8)  # 8, then a partial batch of 2
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError),
+                       match="accum_freq 4 does not divide the per-replica batch of this step"):
+        model.fit(ds, epochs=1, verbose=0)
