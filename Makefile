@@ -140,14 +140,14 @@ demo-dalle: $(STAMP)
 
 demo-dvae: $(STAMP)
 	rm -rf $(DEMO)/dvae
-	$(PY) -m keras_dalle.vae.train --data shapes --preset dvae-shapes --logdir $(DEMO)/dvae \
+	$(PY) -m keras_dalle.vae.train --data shapes --preset dvae-shapes-8x8 --logdir $(DEMO)/dvae \
 		--out $(DEMO)/dvae.keras --verbose 2
 
 demo-dalle-train: $(STAMP)
 	test -f $(DEMO)/dvae.keras || $(MAKE) --no-print-directory demo-dvae
 	rm -rf $(DEMO)/dalle
 	$(PY) -m keras_dalle.transformer.train --data shapes --vae $(DEMO)/dvae.keras --preset dalle-shapes \
-		--logdir $(DEMO)/dalle --output $(DEMO)/dalle.keras
+		--max-objects 1 --logdir $(DEMO)/dalle --output $(DEMO)/dalle.keras
 
 # A reranked grid for a few held-out prompts (colour-shape pairs never seen in training).
 demo-generate: $(STAMP)

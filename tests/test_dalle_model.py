@@ -224,9 +224,9 @@ def test_param_count_matches_built_tiny(overrides):
 
 def test_param_count_shapes_preset_and_defaults():
     config = get_dalle_preset("dalle-shapes")
-    # README: 16 text + 16×16 image tokens, width 128, 4 layers.
-    assert (config["text_len"], config["grid_height"], config["grid_width"]) == (16, 16, 16)
-    assert (config["width"], config["num_layers"]) == (128, 4)
+    # README: 16 text + 8×8 image tokens, width 256, 4 layers, no text loss.
+    assert (config["text_len"], config["grid_height"], config["grid_width"]) == (16, 8, 8)
+    assert (config["width"], config["num_layers"], config["text_loss_weight"]) == (256, 4, 0.0)
     assert dalle_param_count(config) == DALLE(**config).count_params()
     signature = inspect.signature(DALLE.__init__).parameters
     assert all(signature[k].default == v for k, v in DEFAULTS.items())
@@ -253,10 +253,11 @@ def test_param_count_of_the_paper_model_is_12_billion():
 def test_training_cli_defaults_are_the_readme_demo():
     from keras_dalle.transformer.train import _parser
 
-    # README ("Transformer"): dalle-shapes, 4 × 20 steps × batch 16 on 4,000 examples.
+    # README ("Transformer"): dalle-shapes, 5 × 100 steps × batch 32 on 20,000 examples
+    # (make demo-dalle-train adds --max-objects 1).
     args = _parser().parse_args(["--vae", "dvae.keras"])
-    assert (args.preset, args.epochs, args.steps_per_epoch, args.batch_size, args.num_examples) \
-        == ("dalle-shapes", 4, 20, 16, 4_000)
+    assert (args.preset, args.epochs, args.steps_per_epoch, args.batch_size, args.num_examples,
+            args.max_objects) == ("dalle-shapes", 5, 100, 32, 20_000, None)
 
 
 def test_every_shapes_caption_fits_the_dalle_shapes_text_stream():

@@ -383,6 +383,11 @@ def test_presets():
     assert tiny.training_schedule.kl_weight_end == 1.0
     assert tiny.training_schedule.temperature_steps == get_preset("dvae-tiny")[
         "training_schedule"]["temperature_steps"]
+    eight = dvae_from_preset("dvae-shapes-8x8")  # README: the DALL·E demo's, 8×8 tokens
+    assert (eight.image_size, eight.token_grid_size, eight.vocab_size) == (64, 8, 512)
+    eight.build()
+    assert eight.count_params() == 243_678
+    assert get_training_preset("dvae-shapes-8x8") == get_training_preset("dvae-shapes")
     demo = get_training_preset("dvae-shapes")  # README: 5 epochs × 220 steps × batch 8
     assert (demo["epochs"], demo["steps_per_epoch"], demo["batch_size"]) == (5, 220, 8)
     get_preset("openai")["n_hid"] = 1  # copies

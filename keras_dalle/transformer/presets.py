@@ -8,14 +8,16 @@ dicts), and `dalle_param_count(config)`, the parameter count of a config without
   preset ties them (`tie_embeddings=True`): 12,195,294,848 parameters (the paper's "12 billion"
   + 1.6%). With two separate output heads it would be 12,292,836,992 (+2.4%). The 12·d²·L of
   the 64 blocks alone is 12.09e9, so the paper's figure is a rounded one either way.
-* "dalle-shapes": the demo on the built-in shapes data with the "dvae-shapes" dVAE (64×64 images
-  → 16×16 tokens, vocabulary 512) and the CLIP BPE tokenizer (vocabulary 49408). Sized for
+* "dalle-shapes": the demo on the built-in shapes data with the "dvae-shapes-8x8" dVAE (64×64
+  images → 8×8 tokens, vocabulary 512) and the CLIP BPE tokenizer (vocabulary 49408). Sized for
   `make demo` on a 2-core CPU: the shapes captions are at most 14 tokens with SOT/EOT
   (measured over the 20k "train" and the "heldout" captions), so 16 text positions hold every
-  caption (64 would cost 4× the 49408-way text head for pads only); width 128, 4 layers
-  (row, column, row, conv), 4 heads, a 5×5 conv window (13.6M parameters, 12.7M of them the
-  text embedding and head). `python -m keras_dalle.transformer.train` trains it (80 steps of 16
-  by default; results and timings: README, "Transformer").
+  caption; width 256, 4 layers (row, column, row, conv), 4 heads of 64, a 5×5 conv window,
+  and no text loss (``text_loss_weight=0``: the captions are a fixed grammar, and the
+  49408-way text head would cost more than the four blocks); 28,781,056 parameters, 25.3M of
+  them the text embedding and the (untrained) text head. `make demo-dalle-train` trains it for
+  500 steps of 32 on the single-object scenes (results, the settings tried and timings:
+  README, "Prompt fidelity").
 * "dalle-tiny": for tests (8 text tokens, 4×4 grid, width 32, 3 layers, small vocabularies).
 
 Example:
@@ -32,9 +34,9 @@ DALLE_PRESETS = {
     "dalle-12b": dict(text_len=256, grid_height=32, grid_width=32, text_vocab_size=16384,
                       image_vocab_size=8192, width=3968, num_layers=64, num_heads=62,
                       mlp_ratio=4.0, tie_embeddings=True),
-    "dalle-shapes": dict(text_len=16, grid_height=16, grid_width=16, text_vocab_size=49408,
-                         image_vocab_size=512, width=128, num_layers=4, num_heads=4,
-                         mlp_ratio=4.0, kernel_size=5),
+    "dalle-shapes": dict(text_len=16, grid_height=8, grid_width=8, text_vocab_size=49408,
+                         image_vocab_size=512, width=256, num_layers=4, num_heads=4,
+                         mlp_ratio=4.0, kernel_size=5, text_loss_weight=0.0),
     "dalle-tiny": dict(text_len=8, grid_height=4, grid_width=4, text_vocab_size=64,
                        image_vocab_size=16, width=32, num_layers=3, num_heads=4, mlp_ratio=4.0,
                        kernel_size=3),

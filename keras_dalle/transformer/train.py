@@ -3,8 +3,9 @@ r"""Train the DALL·E transformer with `model.fit` on captions + frozen-dVAE ima
     python -m keras_dalle.transformer.train --data shapes --vae runs/demo/dvae.keras --preset dalle-shapes \
         --logdir runs/dalle --output runs/dalle/dalle.keras
 
-(the defaults: 4 epochs × 20 steps of batch 16, lr 1e-3, 4,000 training and 300 held-out shapes
-examples; results and timings with the "dvae-shapes" dVAE: README, "Transformer").
+(the defaults: 5 epochs × 100 steps of batch 32, lr 1e-3, 20,000 training and 300 held-out
+shapes examples; `make demo-dalle-train` adds ``--max-objects 1`` and uses the "dvae-shapes-8x8"
+dVAE; results and timings: README, "Transformer" and "Prompt fidelity").
 
 The grid size and image vocabulary come from the dVAE (a preset's are overridden to match).
 `--data shapes` encodes the built-in "train" split once (`--num-examples` images) and trains on
@@ -191,12 +192,12 @@ def _parser():
     p.add_argument("--eval-data", default=None, help="held-out shards (file data only)")
     p.add_argument("--vae", required=True, help="a trained DiscreteVAE (.keras)")
     p.add_argument("--preset", default="dalle-shapes", choices=sorted(DALLE_PRESETS))
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--steps-per-epoch", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=16, help="global batch size")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--steps-per-epoch", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=32, help="global batch size")
     p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
     p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--num-examples", type=int, default=4_000, help="training examples")
+    p.add_argument("--num-examples", type=int, default=20_000, help="training examples")
     p.add_argument("--heldout-examples", type=int, default=300)
     p.add_argument("--max-objects", type=int, default=None, choices=(1, 2),
                    help="shapes data: train only on scenes with at most this many objects")
