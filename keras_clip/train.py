@@ -288,10 +288,12 @@ def main(argv=None):
     p.add_argument("--lock-image-unlocked-groups", type=non_negative_int, default=0,
                    help="leave the last N groups of the image tower unlocked")
     p.add_argument("--lock-image-freeze-bn-stats", action="store_true",
-                   help="freeze the locked groups' BatchNorm statistics")
+                   help="freeze the locked groups' BatchNorm statistics (ResNet towers; a "
+                   "ViT has none)")
     p.add_argument("--lock-text", action="store_true", help="lock the text tower")
     p.add_argument("--lock-text-unlocked-layers", type=non_negative_int, default=0,
-                   help="leave the last N groups of the text tower unlocked")
+                   help="leave the last N layers (groups: embeddings, each block, the last "
+                   "block + ln_final, text_projection) of the text tower unlocked")
     p.add_argument("--lock-text-freeze-layer-norm", action="store_true",
                    help="also freeze the locked layers' LayerNorms (as open_clip's CLI, they "
                         "stay trainable without this flag)")
