@@ -438,8 +438,8 @@ class CLIP(BuiltInInitModel, keras.Model):
                 tf.shape(images)[0] % k, 0, message=(
                     f"accum_freq {k} does not divide the per-replica batch of this step (a partial "
                     "last batch? batch the data with drop_remainder=True)"))
-            with tf.control_dependencies([check]):
-                images = tf.identity(images)
+            with tf.control_dependencies([check]):  # both splits below wait for the check
+                images, token_ids = tf.identity(images), tf.identity(token_ids)
         image_parts = tf.split(images, k)  # k × (B / k, H, W, 3)
         id_parts = tf.split(token_ids, k)
         # 1. every micro-batch's features, without gradients
