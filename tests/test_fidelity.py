@@ -181,3 +181,16 @@ def test_cli_prints_the_table_and_writes_the_json(monkeypatch, rendered, clip, t
             main(["--model", "d.keras", "--vae", "v.keras", "--clip", "c.keras"] + argv)
         assert message.replace("\\", "") in capsys.readouterr().err
     assert loaded == []
+
+
+def test_a_splits_samples_do_not_depend_on_the_other_splits_asked_for(monkeypatch, rendered,
+                                                                       clip):
+    # Was (new-user trial): --splits heldout seen gave other "seen" samples than the default run.
+    calls = _fake_sampler(monkeypatch, rendered, good=lambda j: True)
+    prompt_fidelity(None, None, clip, num_prompts=4, num_samples=8, group=8, chunk=4)
+    everything = {tuple(c["prompts"]): c["seed"] for c in calls}
+    calls.clear()
+    prompt_fidelity(None, None, clip, splits=["two-object", "seen"], num_prompts=4,
+                    num_samples=8, group=8, chunk=4)
+    assert len(calls) == 2
+    assert all(everything[tuple(c["prompts"])] == c["seed"] for c in calls)

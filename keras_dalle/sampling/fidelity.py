@@ -127,7 +127,8 @@ def prompt_fidelity(model, vae, clip=None, splits=SPLITS, num_prompts=20, num_sa
             multiple of ``group`` when reranking. A ``chunk`` dividing ``num_prompts`` keeps one
             compiled sampling loop.
         seed: the prompts' seed (`fidelity_prompts`) and the samples': chunk c of split s is
-            sampled with seed ``seed + 1000·s + c·chunk``.
+            sampled with seed ``seed + 1000·s + c·chunk``, s the split's index in ``SPLITS``
+            (so a split's samples do not depend on which other splits are asked for).
         progress: a tqdm progress bar on stderr (when tqdm is installed).
         **sampling: passed to ``generate`` (temperature, top_k, top_p, use_cache).
 
@@ -161,12 +162,13 @@ def prompt_fidelity(model, vae, clip=None, splits=SPLITS, num_prompts=20, num_sa
     prompts = {split: fidelity_prompts(split, num_prompts, seed) for split in splits}
     bar = _progress_bar(len(splits) * num_prompts, progress)
     out = {}
-    for s, split in enumerate(splits):
+    for split in splits:
         before, after, errors = [], [], collections.Counter()
         for start in range(0, num_prompts, chunk):
             batch = prompts[split][start:start + chunk]
             images = np.asarray(generate(model, batch, vae=vae, num_samples=num_samples,
-                                         seed=seed + 1000 * s + start, **sampling)["images"])
+                                         seed=seed + 1000 * SPLITS.index(split) + start,
+                                         **sampling)["images"])
             checks = [[check_image(images[i, j], prompt) for j in range(num_samples)]
                       for i, prompt in enumerate(batch)]
             correct = np.array([[c["correct"] for c in row] for row in checks], bool)
