@@ -194,3 +194,23 @@ def test_a_splits_samples_do_not_depend_on_the_other_splits_asked_for(monkeypatc
                     num_samples=8, group=8, chunk=4)
     assert len(calls) == 2
     assert all(everything[tuple(c["prompts"])] == c["seed"] for c in calls)
+
+
+@pytest.mark.parametrize("module", ["keras_dalle.fidelity", "keras_dalle.sampling.generate"])
+def test_the_clis_name_a_missing_or_wrong_kind_of_model_as_a_usage_error(tmp_path, module, capsys):
+    # Was (new-user trial): a Python traceback. A saved CLIP passed as --model names both.
+    import importlib
+
+    from keras_clip.model import CLIP
+
+    clip_path = tmp_path / "clip.keras"
+    CLIP.from_preset("ViT-Tiny").save(clip_path)
+    main = importlib.import_module(module).main
+    extra = [] if module == "keras_dalle.fidelity" else ["a red circle", "--out",
+                                                         str(tmp_path / "g.png")]
+    for model, expected in ((tmp_path / "none.keras", "DALLE file not found"),
+                            (clip_path, "holds a CLIP, expected DALLE")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(extra + ["--model", str(model), "--vae", str(clip_path)])
+        assert exit_info.value.code == 2
+        assert expected in capsys.readouterr().err

@@ -238,7 +238,7 @@ def markdown_table(result):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(
+    p = argparse.ArgumentParser(prog="python -m keras_dalle.fidelity",
         description="Prompt fidelity of a DALL·E trained on the built-in shapes: colour, shape, "
                     "size and relation read from the pixels, per split, before and after CLIP "
                     "reranking, with Wilson 95% intervals.")
@@ -263,8 +263,11 @@ def main(argv=None):
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.clip and args.num_samples % args.group:
         p.error(f"--num-samples ({args.num_samples}) must be a multiple of --group ({args.group})")
-    model, vae = load_model(args.model, DALLE), load_model(args.vae, DiscreteVAE)
-    clip = load_model(args.clip, CLIP) if args.clip else None
+    try:  # a missing file or a model of the wrong kind: a usage error naming it
+        model, vae = load_model(args.model, DALLE), load_model(args.vae, DiscreteVAE)
+        clip = load_model(args.clip, CLIP) if args.clip else None
+    except (FileNotFoundError, TypeError, ValueError) as e:
+        p.error(str(e))
     result = prompt_fidelity(model, vae, clip, splits=args.splits, num_prompts=args.num_prompts,
                              num_samples=args.num_samples, group=args.group, seed=args.seed,
                              chunk=args.chunk, progress=True, temperature=args.temperature,

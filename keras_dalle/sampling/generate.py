@@ -83,7 +83,8 @@ def save_grid(path, images, labels=None, scores=None, **kwargs):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m keras_dalle.sampling.generate",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("prompts", nargs="+")
     p.add_argument("--model", required=True, help="trained DALLE (.keras)")
     p.add_argument("--vae", required=True, help="its DiscreteVAE (.keras)")
@@ -100,8 +101,13 @@ def main(argv=None):
     if os.path.splitext(args.out)[1].lower() not in _FORMATS:  # before loading or sampling
         p.error(f"--out must end in .png, .jpg or .jpeg (the image format is taken from the "
                 f"extension), got {args.out!r}")
-    model, vae = load_model(args.model, DALLE), load_model(args.vae, DiscreteVAE)
-    clip = load_model(args.clip, CLIP) if args.clip else None
+    if args.keep is not None and not 1 <= args.keep <= args.num_samples:
+        p.error(f"--keep must be in [1, {args.num_samples}] (--num-samples), got {args.keep}")
+    try:  # a missing file or a model of the wrong kind: a usage error naming it
+        model, vae = load_model(args.model, DALLE), load_model(args.vae, DiscreteVAE)
+        clip = load_model(args.clip, CLIP) if args.clip else None
+    except (FileNotFoundError, TypeError, ValueError) as e:
+        p.error(str(e))
     if args.keep is not None and clip is None:
         p.error("--keep needs --clip (samples are kept by CLIP score)")
     out = generate(model, args.prompts, vae=vae, num_samples=args.num_samples,
