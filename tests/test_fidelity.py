@@ -154,7 +154,9 @@ def test_cli_prints_the_table_and_writes_the_json(monkeypatch, rendered, clip, t
         loaded.append((path, cls.__name__))
         return clip if cls is CLIP else None
 
-    monkeypatch.setattr(fidelity, "load_model", load_model)
+    from keras_dalle.sampling import models
+
+    monkeypatch.setattr(models, "load_model", load_model)
     out = tmp_path / "fidelity.json"
     result = main(["--model", "d.keras", "--vae", "v.keras", "--clip", "c.keras", "--splits",
                    "seen", "heldout", "--num-prompts", "12", "--num-samples", "4", "--group",

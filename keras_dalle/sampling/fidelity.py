@@ -40,12 +40,11 @@ from keras_clip.cli import add_tf_logs_flag
 from keras_clip.data.shapes import generate_shapes
 from keras_clip.data.shapes_reader import check_image
 from keras_clip.model import CLIP
-from keras_clip.saving import load_model, write_text_atomic
+from keras_clip.saving import write_text_atomic
 from keras_clip.validation import check_positive_int
+from keras_dalle.sampling.models import load_models
 from keras_dalle.sampling.pipeline import generate
 from keras_dalle.sampling.rerank import clip_scores
-from keras_dalle.transformer.model import DALLE
-from keras_dalle.vae.model import DiscreteVAE
 
 __all__ = ["SPLITS", "wilson_interval", "fidelity_prompts", "prompt_fidelity", "markdown_table",
            "main"]
@@ -264,8 +263,7 @@ def main(argv=None):
     if args.clip and args.num_samples % args.group:
         p.error(f"--num-samples ({args.num_samples}) must be a multiple of --group ({args.group})")
     try:  # a missing file or a model of the wrong kind: a usage error naming it
-        model, vae = load_model(args.model, DALLE), load_model(args.vae, DiscreteVAE)
-        clip = load_model(args.clip, CLIP) if args.clip else None
+        model, vae, clip = load_models(args.model, args.vae, args.clip)
     except (FileNotFoundError, TypeError, ValueError) as e:
         p.error(str(e))
     result = prompt_fidelity(model, vae, clip, splits=args.splits, num_prompts=args.num_prompts,

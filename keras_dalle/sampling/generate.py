@@ -16,13 +16,11 @@ import tempfile
 import numpy as np
 
 from keras_clip.cli import add_tf_logs_flag
-from keras_clip.model import CLIP
-from keras_clip.saving import load_model
+from keras_dalle.sampling.models import load_models
 from keras_dalle.sampling.pipeline import generate
-from keras_dalle.transformer.model import DALLE
-from keras_dalle.vae.model import DiscreteVAE
 
 __all__ = ["image_grid", "grid_format", "save_grid"]
+
 
 _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
@@ -104,8 +102,7 @@ def main(argv=None):
     if args.keep is not None and not 1 <= args.keep <= args.num_samples:
         p.error(f"--keep must be in [1, {args.num_samples}] (--num-samples), got {args.keep}")
     try:  # a missing file or a model of the wrong kind: a usage error naming it
-        model, vae = load_model(args.model, DALLE), load_model(args.vae, DiscreteVAE)
-        clip = load_model(args.clip, CLIP) if args.clip else None
+        model, vae, clip = load_models(args.model, args.vae, args.clip)
     except (FileNotFoundError, TypeError, ValueError) as e:
         p.error(str(e))
     if args.keep is not None and clip is None:
