@@ -48,7 +48,8 @@ import sys
 import tempfile
 import time
 
-from dalle_vs_pytorch import HERE, PAPER_TORCH, ROOT, conv_keys, fmt, ours_model, run_child
+from dalle_vs_pytorch import (HERE, ROOT, add_model_arguments, caption_ids, conv_keys, fmt,
+                              model_config, ours_model, run_child, time_calls, torch_model)
 RESULTS = os.path.join(HERE, "results", "dalle_generate.md")
 
 
@@ -76,20 +77,7 @@ def parse():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reps", type=int, default=5, help="repetitions (fresh processes) per row")
     p.add_argument("--calls", type=int, default=2, help="timed calls after the first, per process")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--grid", type=int, default=8, help="image grid side (tokens)")
-    p.add_argument("--text-len", type=int, default=16)
-    p.add_argument("--text-vocab", type=int, default=512)
-    p.add_argument("--image-vocab", type=int, default=512)
-    p.add_argument("--width", type=int, default=256)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--kernel-size", type=int, default=7,
-                   help="our conv window; 7 gives 25 image keys per query, as dalle-pytorch's "
-                        "fixed 5x5 conv_like")
-    p.add_argument("--omp-wait-policy", default="PASSIVE",
-                   help="OMP_WAIT_POLICY of the torch children ('' = unset)")
+    add_model_arguments(p, grid=8, text_vocab=512)
     p.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile row")
     p.add_argument("--skip-uncached", action="store_true", help="leave out our uncached loop")
     p.add_argument("--output", default=RESULTS, help="markdown file to write ('' = none)")
@@ -98,20 +86,13 @@ def parse():
 
 
 def config_of(args):
-    return dict(text_len=args.text_len, grid=args.grid, text_vocab=args.text_vocab,
-                image_vocab=args.image_vocab, width=args.width, layers=args.layers,
-                heads=args.heads, batch=args.batch, kernel_size=args.kernel_size,
-                top_k=args.image_vocab // 2, threads=args.threads, calls=args.calls)
+    return model_config(args, top_k=args.image_vocab // 2, calls=args.calls)
 
 
 def text_ids(c):
-    """The same int text ids [batch, text_len] on both sides: 12 caption tokens, then pads (0)."""
+    """The same int text ids [batch, text_len] on both sides (`caption_ids`, seed 0)."""
     import numpy as np
-    rng = np.random.default_rng(0)
-    ids = np.zeros((c["batch"], c["text_len"]), np.int64)
-    n = min(12, c["text_len"])
-    ids[:, :n] = rng.integers(1, c["text_vocab"], (c["batch"], n))
-    return ids
+    return caption_ids(c, np.random.default_rng(0))
 
 
 # --- children ----------------------------------------------------------------------------------
@@ -126,14 +107,7 @@ def ours_child(c):
     def call():
         return sample_image_tokens(model, text, top_k=c["top_k"], seed=0, use_cache=c["cache"])
 
-    t0 = time.perf_counter()
-    tokens = call()
-    first = time.perf_counter() - t0
-    steady = []
-    for _ in range(c["calls"]):
-        t0 = time.perf_counter()
-        call()
-        steady.append(time.perf_counter() - t0)
+    tokens, first, steady = time_calls(call, c["calls"])
     assert tokens.shape == (c["batch"], 1, c["grid"], c["grid"]), tokens.shape
     return dict(first_s=first, steady_s=steady, params=model.count_params(),
                 tokens=tokens.reshape(-1).tolist(),
@@ -141,22 +115,8 @@ def ours_child(c):
 
 
 def torch_child(c):
-    import torch
-    torch.set_num_threads(c["threads"])
-    torch.set_num_interop_threads(1)
-    import dalle_pytorch
-    from dalle_pytorch import DALLE, DiscreteVAE
-
-    torch.manual_seed(0)
-    # dalle-pytorch takes the grid from its VAE: image_size / 2**num_layers = grid.
-    vae = DiscreteVAE(image_size=c["grid"] * 4, num_layers=2, num_tokens=c["image_vocab"],
-                      codebook_dim=64, hidden_dim=16, num_resnet_blocks=0)
-    model = DALLE(dim=c["width"], vae=vae, num_text_tokens=c["text_vocab"],
-                  text_seq_len=c["text_len"], depth=c["layers"], heads=c["heads"],
-                  dim_head=c["width"] // c["heads"], rotary_emb=False,
-                  shift_tokens=False, loss_img_weight=7,
-                  attn_types=("full",) if c["attn"] == "full" else PAPER_TORCH,
-                  optimize_for_inference=c["attn"] != "full").eval()
+    model, torch, dalle_pytorch = torch_model(c, optimize_for_inference=c["attn"] != "full")
+    model.eval()
     model.vae.decode = lambda img_seq: img_seq  # time image tokens only, as on our side
     if c["fix_cache"]:
         # 1.6.6's generate_images passes its cache to forward_with_cond_scale, which drops it
@@ -180,14 +140,7 @@ def torch_child(c):
     def call():
         return model.generate_images(text, filter_thres=thres, temperature=1.0, use_cache=True)
 
-    t0 = time.perf_counter()
-    tokens = call()
-    first = time.perf_counter() - t0
-    steady = []
-    for _ in range(c["calls"]):
-        t0 = time.perf_counter()
-        call()
-        steady.append(time.perf_counter() - t0)
+    tokens, first, steady = time_calls(call, c["calls"])
     assert tuple(tokens.shape) == (c["batch"], c["grid"] ** 2), tokens.shape
     params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("vae."))
     return dict(first_s=first, steady_s=steady, params=int(params),

@@ -34,7 +34,8 @@ import sys
 import tempfile
 import time
 
-from dalle_vs_pytorch import HERE, PAPER_TORCH, ROOT, conv_keys, fmt, ours_model, run_child
+from dalle_vs_pytorch import (HERE, ROOT, add_model_arguments, caption_ids, conv_keys, fmt,
+                              model_config, ours_model, run_child, torch_model)
 RESULTS = os.path.join(HERE, "results", "dalle_train.md")
 
 
@@ -60,20 +61,7 @@ def parse():
     p.add_argument("--reps", type=int, default=5, help="repetitions (fresh processes) per row")
     p.add_argument("--steps", type=int, default=5, help="timed steps per process")
     p.add_argument("--warmup", type=int, default=2, help="steps before the timed ones (>= 1)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--grid", type=int, default=16, help="image grid side (tokens)")
-    p.add_argument("--text-len", type=int, default=16)
-    p.add_argument("--text-vocab", type=int, default=10000)
-    p.add_argument("--image-vocab", type=int, default=512)
-    p.add_argument("--width", type=int, default=256)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--kernel-size", type=int, default=7,
-                   help="our conv window; 7 gives 25 image keys per query, as dalle-pytorch's "
-                        "fixed 5x5 conv_like")
-    p.add_argument("--omp-wait-policy", default="PASSIVE",
-                   help="OMP_WAIT_POLICY of the torch children ('' = unset)")
+    add_model_arguments(p, grid=16, text_vocab=10000)
     p.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile rows")
     p.add_argument("--output", default=RESULTS, help="markdown file to write ('' = none)")
     p.add_argument("--append", action="store_true",
@@ -86,10 +74,7 @@ def parse():
 
 
 def config_of(args):
-    return dict(text_len=args.text_len, grid=args.grid, text_vocab=args.text_vocab,
-                image_vocab=args.image_vocab, width=args.width, layers=args.layers,
-                heads=args.heads, batch=args.batch, kernel_size=args.kernel_size,
-                threads=args.threads, steps=args.steps, warmup=args.warmup)
+    return model_config(args, steps=args.steps, warmup=args.warmup)
 
 
 def batch_of(c):
@@ -97,9 +82,7 @@ def batch_of(c):
     and image tokens [B, h·w]."""
     import numpy as np
     rng = np.random.default_rng(0)
-    text = np.zeros((c["batch"], c["text_len"]), np.int64)
-    n = min(12, c["text_len"])
-    text[:, :n] = rng.integers(1, c["text_vocab"], (c["batch"], n))
+    text = caption_ids(c, rng)
     image = rng.integers(0, c["image_vocab"], (c["batch"], c["grid"] ** 2)).astype(np.int64)
     return text, image
 
@@ -132,22 +115,8 @@ def ours_child(c):
 
 
 def torch_child(c):
-    import torch
-    torch.set_num_threads(c["threads"])
-    torch.set_num_interop_threads(1)
-    import dalle_pytorch
-    from dalle_pytorch import DALLE, DiscreteVAE
-
-    torch.manual_seed(0)
-    # dalle-pytorch takes the grid from its VAE (image_size / 2**num_layers); the VAE is frozen
-    # and not called (the batch gives image tokens, not pixels).
-    vae = DiscreteVAE(image_size=c["grid"] * 4, num_layers=2, num_tokens=c["image_vocab"],
-                      codebook_dim=64, hidden_dim=16, num_resnet_blocks=0)
-    model = DALLE(dim=c["width"], vae=vae, num_text_tokens=c["text_vocab"],
-                  text_seq_len=c["text_len"], depth=c["layers"], heads=c["heads"],
-                  dim_head=c["width"] // c["heads"], rotary_emb=False, shift_tokens=False,
-                  loss_img_weight=7,
-                  attn_types=("full",) if c["attn"] == "full" else PAPER_TORCH).train()
+    model, torch, dalle_pytorch = torch_model(c)
+    model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=3e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
     forward = torch.compile(model) if c["compile"] else model
