@@ -144,8 +144,8 @@ class ResumableBackup(keras.callbacks.Callback):
     Files are written to a temporary name and renamed, so a kill never leaves a torn backup.
     ``steps_run`` counts the batches this callback saw end in this process.
 
-    ``run_config`` (a JSON-serialisable dict: what defines the run — model source, data, loss,
-    batch, locks, …) is saved with every backup; `restore` refuses (ValueError naming each
+    ``run_config`` (a dict of what defines the run — model source, data, loss, batch, locks, …;
+    values that are not JSON are kept as their ``str``) is saved with every backup; `restore` refuses (ValueError naming each
     differing key, the backup's value and this run's) to resume a backup made by a run with a
     different one, instead of silently continuing another run. Backups without one (older
     versions) are restored as before.
@@ -163,7 +163,10 @@ class ResumableBackup(keras.callbacks.Callback):
         super().__init__()
         self.backup_dir = backup_dir
         self.save_freq = save_freq
-        self.run_config = run_config
+        # As it is saved and read back (tuples → lists, other values → str), so a restore
+        # compares like with like.
+        self.run_config = (None if run_config is None
+                           else json.loads(json.dumps(run_config, default=str)))
         self.meta_path = os.path.join(backup_dir, "backup.json")
         self.steps_run = 0
         kill_at = os.environ.get(KILL_AT_STEP_ENV)
@@ -177,7 +180,7 @@ class ResumableBackup(keras.callbacks.Callback):
             meta = json.load(f)
         saved = meta.get("run_config")
         if saved is not None and self.run_config is not None:
-            now = json.loads(json.dumps(self.run_config))  # tuples → lists, as saved
+            now = self.run_config
             diff = [f"{k}: backup {saved.get(k)!r}, this run {now.get(k)!r}"
                     for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
             if diff:

@@ -21,7 +21,6 @@ Test hook: ``KERAS_CLIP_TEST_KILL_AT_STEP`` (see ``callbacks.ResumableBackup``).
 """
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -220,7 +219,7 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
         accum_freq=accum_freq, batch_size=batch_size, seed=seed,
         mixed_precision=bool(mixed_precision), locks=dict(model.locks))
     backup = cb.ResumableBackup(os.path.join(logdir, "backup"), save_freq=save_freq,
-                                run_config=json.loads(json.dumps(run_config, default=str)))
+                                run_config=run_config)
     backup.set_model(model)
     start = backup.restore()
     callbacks = [backup, cb.SkipCountLogger(skip_counter)]
