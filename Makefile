@@ -28,7 +28,8 @@ test: $(STAMP)
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 browser: $(STAMP)
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver; }
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver \
+		  && $(SUDO) apt-get clean; }
 	$(PY) -c "import selenium" 2>/dev/null || $(PY) -m pip install --quiet selenium
 
 test-slow: $(STAMP) browser $(BEAM_STAMP)
@@ -37,11 +38,18 @@ test-slow: $(STAMP) browser $(BEAM_STAMP)
 # Apache Beam (the embedding job on RunInference) in its own venv: apache-beam 2.77 pins
 # protobuf < 7, pillow < 13 and pyarrow < 26, which the main venv's TF / preprocessing pins
 # exclude. tests/test_beam_venv.py (in test-slow) runs tests/test_beam.py with it.
-$(BEAM_STAMP): setup.py
-	test -x $(BEAM_VENV)/bin/python || $(PYTHON) -m venv $(BEAM_VENV)
-	$(BEAM_VENV)/bin/python -m pip install --quiet 'tensorflow==2.21.*' 'tensorflow-text==2.21.*' \
-		'keras>=3.15,<4' 'apache-beam==2.77.*' pyarrow ftfy regex safetensors tqdm pytest \
-		pytest-timeout
+# TensorFlow (2 GB) is not installed a second time: a .pth file puts the main venv's
+# site-packages after the Beam venv's own, so Beam's protobuf / pillow / pyarrow come first and
+# everything else (TensorFlow, keras, tensorflow-text) is the main venv's copy (pip sees it as
+# installed and leaves it alone). CI once ran out of disk building a second full copy.
+$(BEAM_STAMP): $(STAMP)
+	rm -rf $(BEAM_VENV)
+	$(PYTHON) -m venv $(BEAM_VENV)
+	$(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))' > \
+		"$$($(BEAM_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/main_venv.pth"
+	$(BEAM_VENV)/bin/python -m pip install --quiet --no-cache-dir 'apache-beam==2.77.*' \
+		'protobuf<7' 'pillow<13' 'pyarrow<26' pytest pytest-timeout
+	TF_CPP_MIN_LOG_LEVEL=3 $(BEAM_VENV)/bin/python -c "import apache_beam, tensorflow, keras, tensorflow_text"
 	touch $(BEAM_STAMP)
 
 test-beam: $(BEAM_STAMP)
