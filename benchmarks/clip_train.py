@@ -9,8 +9,10 @@ mixed bfloat16) vs open_clip 3.3.0 (eager, torch.compile, bfloat16 autocast) on 
 What is measured, per row, preset and batch size, in each process: the first training step
 (timed: what a user waits for, tracing and XLA compilation or torch.compile included; building
 the model and optimizer not included), ``--warmup`` untimed steps, then ``--steps`` timed steps:
-samples/s = steps × batch / their time. The loss is the mean over the timed steps (Keras'
-epoch loss of the timed ``fit``; the same mean of open_clip's step losses), printed so equal
+samples/s = steps × batch / their time. Ours: all of them in one ``fit``, timed per step by a
+callback (`fair_runner.fit_timed`: a fit sometimes stalls ~6 s before it returns, which timing
+separate fits counted as step time). The loss is the mean over the timed steps (per-step losses
+from Keras' running epoch mean; the same mean of open_clip's step losses), printed so equal
 work is visible. GFLOP/s = samples/s × 3 × the forward FLOPs of both towers per sample (counted
 once with torch.utils.flop_counter on open_clip's model of the same architecture, or by an
 analytic ViT formula if torch is missing, as the output says); "% of own peak" divides by the
@@ -70,29 +72,19 @@ def total_steps(c):
 
 
 def ours_child(c):
-    """Our training steps through ``model.fit``; the first step is a fit of one step."""
+    """Our training steps through one ``model.fit`` (timed per step, `fair_runner.fit_timed`)."""
     import tensorflow as tf
 
     from keras_clip.optimizer import clip_optimizer
-    model, keras = fr.ours_model(c)
+    model, _ = fr.ours_model(c)
     model.compile(optimizer=clip_optimizer(model, total_steps=total_steps(c), learning_rate=fr.LR,
                                            warmup_steps=0),
                   xla_towers=c["xla"], jit_compile=False)
     images, ids = fr.synthetic_batch(c["config"], c["batch"])  # (B, S, S, 3) f32, (B, 77) i32
     data = tf.data.Dataset.from_tensors({"images": images, "token_ids": ids}).repeat()
 
-    def fit(steps):
-        return model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0).history["loss"][-1]
-
-    t0 = time.perf_counter()
-    fit(1)
-    first = time.perf_counter() - t0
-    if c["warmup"]:
-        fit(c["warmup"])
-    t0 = time.perf_counter()
-    loss = fit(c["steps"])
-    train = dict(first_s=first, timed_s=time.perf_counter() - t0, n=c["steps"])
-    return dict(train=train, loss=float(loss), params=model.count_params(),
+    train, losses = fr.fit_timed(model, data, c["warmup"], c["steps"])
+    return dict(train=train, loss=statistics.fmean(losses), params=model.count_params(),
                 versions=fr.versions("tensorflow", "keras"))
 
 
