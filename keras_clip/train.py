@@ -128,10 +128,13 @@ def lock_towers(model, lock_image=False, lock_image_unlocked_groups=0,
             f"{trainable:,} trainable parameters")
 
 
+XLA_TOWERS = {"auto": "auto", "on": True, "off": False}  # --xla-towers → compile's xla_towers
+
+
 def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
                steps_per_epoch=None, logdir="runs/clip", output=None, learning_rate=5e-4,
                warmup_steps=None, weight_decay=0.2, strategy="default", cpu_replicas=None,
-               mixed_precision=False, xla=True, seed=0, eval_examples=1000, save_freq=50,
+               mixed_precision=False, xla="auto", seed=0, eval_examples=1000, save_freq=50,
                profile=False, deterministic=True, num_examples=None, verbose=1, init_from=None,
                loss=None, accum_freq=1, lock_image=False, lock_image_unlocked_groups=0,
                lock_image_freeze_bn_stats=False, lock_text=False, lock_text_unlocked_layers=0,
@@ -148,7 +151,8 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
     Fine-tuning: ``init_from`` (a ``.keras`` model or a checkpoint `load_pretrained` reads;
     ``preset`` is then ignored), ``loss`` ("contrastive" or "siglip"), ``accum_freq`` (micro-batches
     per step, see ``CLIP.compile``), and the ``lock_*`` options (see `lock_towers`). Raises
-    ValueError when ``accum_freq`` × replicas does not divide ``batch_size``.
+    ValueError when ``accum_freq`` × replicas does not divide ``batch_size``. ``xla`` is
+    ``CLIP.compile``'s ``xla_towers`` (True, False or "auto").
 
     Example:
         >>> model, history = train_clip("ViT-Tiny", epochs=1, batch_size=32, steps_per_epoch=5)
@@ -314,7 +318,10 @@ def main(argv=None):
     p.add_argument("--cpu-replicas", type=positive_int, default=None,
                    help="split the CPU into N logical devices (with --strategy mirrored)")
     p.add_argument("--mixed-precision", action="store_true", help="mixed_bfloat16, loss in float32")
-    p.add_argument("--no-xla", action="store_true", help="don't XLA-compile the per-replica towers")
+    p.add_argument("--xla-towers", choices=tuple(XLA_TOWERS), default="auto",
+                   help="XLA-compile the per-replica towers: auto (default) = on under a "
+                        "multi-replica strategy, off on one device (faster there at real sizes)")
+    p.add_argument("--no-xla", action="store_true", help="same as --xla-towers off")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-examples", type=non_negative_int, default=1000,
                    help="0 disables evaluation")
@@ -337,7 +344,8 @@ def main(argv=None):
             steps_per_epoch=args.steps_per_epoch, logdir=args.logdir, output=args.output,
             learning_rate=args.lr, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
             strategy=args.strategy, cpu_replicas=args.cpu_replicas,
-            mixed_precision=args.mixed_precision, xla=not args.no_xla, seed=args.seed,
+            mixed_precision=args.mixed_precision,
+            xla=XLA_TOWERS["off" if args.no_xla else args.xla_towers], seed=args.seed,
             eval_examples=args.eval_examples, save_freq=args.save_freq, profile=args.profile,
             num_examples=args.num_examples, verbose=args.verbose, init_from=args.init_from,
             loss=args.loss, accum_freq=args.accum_freq, lock_image=args.lock_image,

@@ -93,7 +93,7 @@ def test_clip_xla_towers_default_is_restored(tmp_path):
     model.compile(keras.optimizers.SGD(0.1))
     model.save(tmp_path / "clip.keras")
     loaded = _load(tmp_path / "clip.keras")
-    assert loaded.xla_towers is True and "no_weight_decay" not in loaded.get_compile_config()
+    assert loaded.xla_towers == "auto" and "no_weight_decay" not in loaded.get_compile_config()
 
 
 @pytest.mark.parametrize("build", [
