@@ -1,9 +1,11 @@
 """The CLIP model: an image tower, a text tower, projections and a learnable temperature."""
 
 import math
+import types
 
 import keras
 import numpy as np
+
 import tensorflow as tf
 from keras import ops
 
@@ -296,7 +298,7 @@ class CLIP(BuiltInInitModel, keras.Model):
         self.xla_towers = xla_towers
         self.xla_optimizer = xla_optimizer
         self._tower_fns = {}
-        self._apply_fns = {}
+        self._xla_apply = None
         super().compile(optimizer=optimizer, **kwargs)
 
     def get_compile_config(self):
@@ -453,14 +455,15 @@ class CLIP(BuiltInInitModel, keras.Model):
         if not getattr(self, "xla_optimizer", False) or tf.distribute.has_strategy():
             self.optimizer.apply_gradients(zip(grads, variables))
             return
-        if getattr(self, "_apply_fns", None) is None:
-            self._apply_fns = {}
         key = tuple(id(v) for v in variables)
-        if key not in self._apply_fns:
-            self._apply_fns[key] = tf.function(
+        cache = getattr(self, "_xla_apply", None)
+        if cache is None or cache.key != key:
+            # A SimpleNamespace: not tracked, so exporting the model does not try to save this
+            # function (a dict of it keyed by a tuple made SavedModel export fail).
+            self._xla_apply = cache = types.SimpleNamespace(key=key, fn=tf.function(
                 lambda grads: self.optimizer.apply_gradients(zip(grads, variables)),
-                jit_compile=True)
-        self._apply_fns[key](list(grads))
+                jit_compile=True))
+        cache.fn(list(grads))
 
     def _accumulated_gradients(self, images, token_ids, variables, k, replicas):
         """open_clip's ``--accum-freq``: the whole batch's loss and gradients from ``k``
