@@ -145,9 +145,9 @@ class ResumableBackup(keras.callbacks.Callback):
     ``steps_run`` counts the batches this callback saw end in this process.
 
     ``run_config`` (a dict of what defines the run — model source, data, loss, batch, locks, …;
-    values that are not JSON are kept as their ``str``) is saved with every backup; `restore` refuses (ValueError naming each
-    differing key, the backup's value and this run's) to resume a backup made by a run with a
-    different one, instead of silently continuing another run. Backups without one (older
+    values that are not JSON are kept as their ``str``) is saved with every backup; `restore`
+    refuses (ValueError naming each differing key, the backup's value and this run's) to resume
+    a backup made by a run with a different one, instead of silently continuing another run. Backups without one (older
     versions) are restored as before.
 
     Test hook: with the environment variable ``KERAS_CLIP_TEST_KILL_AT_STEP=N`` set, the process

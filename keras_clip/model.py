@@ -5,7 +5,6 @@ import types
 
 import keras
 import numpy as np
-
 import tensorflow as tf
 from keras import ops
 
