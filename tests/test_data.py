@@ -259,6 +259,39 @@ def test_tsv_quoting_paths_and_bad_rows(tmp_path):
         readers.read_tsv(str(tmp_path / "meta.csv"))
 
 
+def test_csv_is_comma_separated_and_tsv_tab_separated_by_default(tmp_path):
+    # Was (new-user trial): a "filepath,title" .csv was read as tab-separated ("no column ...
+    # in the header ['filepath,title']"); the trainer and evaluate share this reader.
+    for i, rgb in enumerate([(200, 0, 0), (0, 200, 0)]):
+        Image.fromarray(np.full((8, 8, 3), rgb, np.uint8)).save(tmp_path / f"{i}.png")
+    captions = ["a red square", "a green square, quoted"]
+    (tmp_path / "pairs.csv").write_text('filepath,title\n0.png,a red square\n'
+                                        '1.png,"a green square, quoted"\n')
+    (tmp_path / "pairs.tsv").write_text("filepath\ttitle\n0.png\ta red square\n"
+                                        "1.png\ta green square, quoted\n")
+    assert readers.default_separator("a/b.CSV") == ","
+    assert readers.default_separator("b.tsv") == "\t"
+    for name in ("pairs.csv", "pairs.tsv"):
+        counter = SkipCounter()
+        got = [x["captions"].decode() for x in
+               readers.read_tsv(str(tmp_path / name), skip_counter=counter).as_numpy_iterator()]
+        assert got == captions and counter.total == 0, name
+        batch = next(iter(make_clip_dataset(str(tmp_path / name), 2, image_size=8,
+                                            shuffle=False)))
+        assert batch["images"].shape == (2, 8, 8, 3)
+        np.testing.assert_array_equal(batch["token_ids"].numpy(),
+                                      tokenize(captions, context_length=77))
+    # An explicit separator still wins: a tab-separated table named .csv.
+    (tmp_path / "tabs.csv").write_text("filepath\ttitle\n0.png\ta red square\n")
+    with pytest.raises(ValueError, match=r"no column .* read with comma as the separator"):
+        readers.read_tsv(str(tmp_path / "tabs.csv"))
+    got = [x["captions"] for x in readers.read_tsv(str(tmp_path / "tabs.csv"), sep="\t")
+           .as_numpy_iterator()]
+    assert got == [b"a red square"]
+    with pytest.raises(ValueError, match="sep must be one character"):
+        readers.read_tsv(str(tmp_path / "tabs.csv"), sep=", ")
+
+
 def test_webdataset_tar_details(tmp_path):
     """Directories, long names (pax and GNU), upper-case extensions, missing members."""
     long_key = "d/" + "k" * 120

@@ -8,8 +8,9 @@ Readers return unbatched ``{"image_bytes": tf.string, "captions": tf.string}`` d
 * :func:`read_webdataset` — WebDataset tar shards (``key.jpg`` + ``key.txt`` …, grouped by key
   in tar order; open_clip's image keys ``jpg;png;jpeg;webp``). The tar is parsed with TF ops, so
   shards interleave in parallel and the pipeline stays serialisable.
-* :func:`read_tsv` — open_clip's CSV loader format: a header line, tab-separated columns
-  ``filepath`` and ``title`` by default; relative paths are resolved against the file's folder.
+* :func:`read_tsv` — open_clip's CSV loader format: a header line, columns ``filepath`` and
+  ``title`` by default, comma-separated in a ``.csv`` file and tab-separated in a ``.tsv`` one;
+  relative paths are resolved against the file's folder.
 
 :func:`make_clip_dataset` turns any of them (or the built-in ``"shapes"`` data) into batched,
 prefetched ``{"images": float32 (B, S, S, 3), "token_ids": int32 (B, 77)}`` with the same
@@ -336,9 +337,18 @@ def _webdataset_samples(data, image_ext, caption_ext):
 # ----------------------------------------------------------------------------------------------
 # TSV / CSV (open_clip's CsvDataset)
 
-def read_tsv(pattern, image_key="filepath", caption_key="title", sep="\t", skip_counter=None):
+def default_separator(path):
+    """The column separator of a caption table from its extension: ``","`` for ``.csv``,
+    tab for anything else (``.tsv``, open_clip's default)."""
+    return "," if os.fspath(path).lower().endswith(".csv") else "\t"
+
+
+def read_tsv(pattern, image_key="filepath", caption_key="title", sep=None, skip_counter=None):
     """open_clip-style CSV/TSV (header line, ``filepath`` and ``title`` columns) →
     ``{"image_bytes", "captions"}`` (unbatched), in file order.
+
+    ``sep`` is the column separator; None (default) takes it from each file's extension
+    (`default_separator`): comma for ``.csv``, tab for ``.tsv``.
 
     Fields follow pandas' default quoting (a field *starting* with ``"`` is quoted, ``""``
     escapes a quote; quotes elsewhere are literal); blank lines are ignored; a quoted field may
@@ -349,9 +359,10 @@ def read_tsv(pattern, image_key="filepath", caption_key="title", sep="\t", skip_
         >>> ds = read_tsv("/data/coco/train.tsv")   # filepath<TAB>title, header first
     """
     counter = skip_counter if skip_counter is not None else SkipCounter()
-    if len(sep) != 1:
-        raise ValueError(f"sep must be one character, got {sep!r}")
-    datasets = [_read_one_tsv(f, image_key, caption_key, sep, counter)
+    if sep is not None and (not isinstance(sep, str) or len(sep) != 1):
+        raise ValueError(f"sep must be one character (or None: from the extension), got {sep!r}")
+    datasets = [_read_one_tsv(f, image_key, caption_key,
+                              default_separator(f) if sep is None else sep, counter)
                 for f in list_files(pattern)]
     ds = datasets[0]
     for d in datasets[1:]:
@@ -367,9 +378,10 @@ def _read_one_tsv(path, image_key, caption_key, sep, counter):
         header = next(csv.reader([f.readline().rstrip("\r\n")], delimiter=sep), [])
     missing = [k for k in (image_key, caption_key) if k not in header]
     if missing:
-        raise ValueError(f"{path}: no column {missing} in the header {header} "
-                         f"(set image_key / caption_key, or sep if the file is not "
-                         f"{'tab' if sep == chr(9) else repr(sep)}-separated)")
+        shown = {"\t": "tab", ",": "comma"}.get(sep, repr(sep))
+        raise ValueError(f"{path}: no column {missing} in the header {header} read with "
+                         f"{shown} as the separator (set image_key / caption_key, or sep if "
+                         f"the file is not {shown}-separated)")
     s = "\\x{%02x}" % ord(sep)
     field = f'(?:"(?:[^"]|"")*"|[^"{s}][^{s}]*|)'
 
@@ -542,7 +554,8 @@ def make_clip_dataset(source, batch_size, image_size=224, split="train", shuffle
             defaults to 20k train / 1k val / 1k heldout), or shard path(s): a glob, a WebDataset
             brace range, or a list; ``{split}`` in a path is replaced by ``split``. The format
             comes from the extension: ``.tfrecord``/``.tfrec`` (img2dataset), ``.tar``
-            (WebDataset), ``.tsv``/``.csv`` (open_clip, tab-separated unless ``sep=``).
+            (WebDataset), ``.tsv``/``.csv`` (open_clip's columns; tab-separated ``.tsv``,
+            comma-separated ``.csv`` unless ``sep=``).
         batch_size, image_size: per-step batch and square image side.
         split: shapes split; for files it only fills ``{split}``.
         shuffle: shard order and a ``shuffle_buffer``-record buffer (full shuffle for shapes),
