@@ -39,8 +39,9 @@ import re
 import sys
 import tempfile
 
-__all__ = ["COMMANDS", "TF_LOGS_FLAG", "add_tf_logs_flag", "command_module", "int_at_least",
-           "non_negative_int", "positive_int",
+__all__ = ["COMMANDS", "TF_LOGS_FLAG", "DefaultsHelpFormatter",
+           "RawDescriptionDefaultsHelpFormatter", "add_tf_logs_flag", "command_module",
+           "float_in", "int_at_least", "non_negative_int", "positive_int",
            "quiet_tensorflow_startup", "startup_noise_filter"]
 
 # Every module of keras_clip, keras_dalle and export that runs as `python -m …`
@@ -206,3 +207,50 @@ def int_at_least(minimum):
 
 positive_int = int_at_least(1)  # counts that must be >= 1
 non_negative_int = int_at_least(0)  # counts where 0 means "off"
+
+
+def float_in(low=None, high=None, low_open=False, high_open=False):
+    """An argparse ``type=`` for a float in an interval (None: unbounded on that side;
+    ``low_open`` / ``high_open`` exclude the bound); NaN is refused. The error names the
+    interval and the value, e.g. "expected a number in (0, 1], got 1.5"."""
+    if high is None:
+        wanted = "a number" if low is None else f"a number {'>' if low_open else '>='} {low:g}"
+    else:
+        left = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
+        wanted = f"a number in {left}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        above = low is None or (value > low if low_open else value >= low)
+        below = high is None or (value < high if high_open else value <= high)
+        if not (above and below):  # NaN fails both comparisons
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text}")
+        return value
+
+    parse.__name__ = "float"
+    return parse
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Adds "(default: …)" to an option's help text unless the text already mentions a default
+    or the default is None / False (nothing to show). Options without help text get no line of
+    their own from argparse, so give every option whose default matters a help text."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.option_strings and text and "default" not in text.lower()
+                and not any(action.default is x for x in (None, False, argparse.SUPPRESS))):
+            shown = action.default
+            if isinstance(shown, (list, tuple)):
+                text += " (default: " + " ".join(str(x) for x in shown).replace("%", "%%") + ")"
+            else:
+                text += " (default: %(default)s)"
+        return text
+
+
+class RawDescriptionDefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter,
+                                          DefaultsHelpFormatter):
+    """`DefaultsHelpFormatter` that keeps the description's line breaks (its examples)."""

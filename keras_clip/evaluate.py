@@ -21,14 +21,17 @@ Data (``--data``, and ``--train-data`` for the linear probe):
 * a folder — an ImageFolder (one sub-folder per class; ``keras_clip.data.imagefolder``), for
   classification and the linear probe. Class names from the folder names or ``--classnames``.
 * shard path(s) — the caption formats the trainer reads (img2dataset ``.tfrecord``, WebDataset
-  ``.tar``, open_clip ``.tsv`` / ``.csv``), for retrieval and similarity.
+  ``.tar``, open_clip ``.tsv`` (tab-separated) / ``.csv`` (comma-separated)), for retrieval and
+  similarity.
 
 Results: ``--out`` (.json) gets CLIP_benchmark's result JSON (``dataset``, ``model``, ``task``,
 ``metrics``, ``language``; see ``keras_clip.metrics`` for the metric definitions) plus
 ``num_examples``, ``skipped`` (unreadable images and other dropped records, counted as training
-counts them) and task details. Beside it: ``<stem>.confusion.png`` and ``<stem>.per_class.csv``
-(classification and linear probe), ``<stem>.similarity.png`` (similarity), ``<stem>.wise_ft.png``
-(an alpha sweep). Every file is written to a temporary name and renamed. ``--logdir`` also
+counts them) and task details (similarity: ``similarity``, the images × captions matrix, with
+``"rows": "images"``, ``"columns": "captions"`` and the ``captions``; its figure draws it
+transposed, captions as rows, and labels its axes so). Beside it: ``<stem>.confusion.png`` and
+``<stem>.per_class.csv`` (classification and linear probe), ``<stem>.similarity.png``
+(similarity), ``<stem>.wise_ft.png`` (an alpha sweep). Every file is written to a temporary name and renamed. ``--logdir`` also
 writes the metrics (and figures) to TensorBoard.
 
 Zero-shot classification scores are cosine similarities with prompt-ensembled class embeddings
@@ -471,8 +474,14 @@ def plot_confusion_matrix(matrix, classnames, path, title="confusion matrix"):
 
 def plot_similarity(similarity, images, captions, path, title=None):
     """Writes the N images × M captions cosine-similarity figure of OpenAI's "Interacting with
-    CLIP" notebook: the matrix (captions as rows, values written in), image thumbnails above
-    their columns. ``images`` are uint8 (N, H, W, 3). Returns ``path``."""
+    CLIP" notebook: ``similarity`` (N, M) (rows: images, as in the results JSON) drawn
+    transposed — captions as the figure's rows, images as its columns with their thumbnails
+    above, values written in; the axes are labelled so. ``images`` are uint8 (N, H, W, 3).
+    Returns ``path``."""
+    return _save_figure(_similarity_figure(similarity, images, captions, title), path)
+
+
+def _similarity_figure(similarity, images, captions, title=None):
     from matplotlib.figure import Figure
 
     similarity = np.asarray(similarity)
@@ -493,10 +502,13 @@ def plot_similarity(similarity, images, captions, path, title=None):
     ax.set_ylim(n_txt - 0.5, -1.6)
     ax.set_yticks(range(n_txt), captions, fontsize=10)
     ax.set_xticks([])
+    # The JSON's matrix is images x captions; this figure shows it transposed: say which is which.
+    ax.set_ylabel("captions (rows here; the JSON's columns)")
+    ax.set_xlabel("images (columns here, thumbnails above; the JSON's rows)")
     for side in ("top", "right", "bottom", "left"):
         ax.spines[side].set_visible(False)
     ax.set_title(title or "cosine similarity between image and text features")
-    return _save_figure(fig, path)
+    return fig
 
 
 def plot_wise_ft_sweep(alphas, metrics, path, keys=None):
@@ -655,7 +667,7 @@ def evaluate(model, data, task, out=None, *, model_name=None, train_data=None, c
     if wise_ft_zero_shot is not None:  # fail before any data is read
         from keras_clip.wise_ft import check_same_architecture
 
-        check_same_architecture(wise_ft_zero_shot, model)
+        check_same_architecture(wise_ft_zero_shot, model, labels=(zero_shot_name, model_name))
 
     counter = SkipCounter()
     kind, where = parse_data(data)
@@ -669,7 +681,7 @@ def evaluate(model, data, task, out=None, *, model_name=None, train_data=None, c
                                             counter)
         sim = similarity_matrix(model, images, captions)
         results.update(metrics={}, num_examples=len(images), captions=captions,
-                       similarity=sim.round(4))
+                       similarity=sim.round(4), rows="images", columns="captions")
         if stem:
             figures["similarity"] = plot_similarity(sim, images, captions,
                                                     stem + ".similarity.png")
@@ -780,7 +792,8 @@ def main(argv=None):
                    "(the fine-tuned model of a WiSE-FT sweep)")
     p.add_argument("--data", required=True,
                    help="shapes[:<split>] (train, val, heldout …; default val), an ImageFolder "
-                        "directory, or shards (.tfrecord, .tar, .tsv/.csv)")
+                        "directory, or shards (.tfrecord, .tar, .tsv tab-separated / .csv "
+                        "comma-separated, with filepath and title columns)")
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--out", required=True, help="results .json (figures are written beside it)")
     p.add_argument("--train-data", default=None, help="linear probe: the training data")
@@ -841,7 +854,7 @@ def main(argv=None):
             similarity_count=args.count, wise_ft_zero_shot=args.wise_ft_zero_shot,
             alphas=args.alphas or (0.0, 0.25, 0.5, 0.75, 1.0), logdir=args.logdir, progress=not args.no_progress)
     except (FileNotFoundError, NotADirectoryError, ValueError, TypeError) as e:
-        raise SystemExit(f"evaluate: error: {e}") from None
+        p.exit(2, f"{p.prog}: error: {e}\n")  # one line naming the file / the problem
     shown = {k: v for k, v in results["metrics"].items()}
     print(json.dumps({"dataset": results["dataset"], "task": results["task"],
                       "metrics": shown, "skipped": results["skipped"]}, indent=1))

@@ -1,7 +1,9 @@
 """Writing user-owned files without ever leaving them half-written."""
 
+import json
 import os
 import tempfile
+import zipfile
 
 
 def write_atomic(path, write, suffix=""):
@@ -50,11 +52,18 @@ def save_model_atomic(model, path):
     return write_atomic(path, lambda tmp: model.save(tmp, overwrite=True), suffix=".keras")
 
 
+class ModelClassError(TypeError):
+    """A ``.keras`` file holds a model of another class than the one asked for (`load_model`)."""
+
+
 def load_model(path, expected=None, compile=False):
     """Loads a ``.keras`` model file with clear errors.
 
     The classes it holds must be registered, i.e. their modules imported (``import keras_clip``
-    registers CLIP; ``import keras_dalle`` the dVAE and DALL·E).
+    registers CLIP; ``import keras_dalle`` the dVAE and DALL·E). With ``expected``, the class
+    named in the archive's ``config.json`` is checked before anything is deserialised, so a file
+    holding a model of a class this process has not registered (e.g. a keras_dalle dVAE read by
+    a keras_clip command) is named as such rather than failing inside Keras.
 
     Args:
         path: a ``.keras`` file.
@@ -64,8 +73,10 @@ def load_model(path, expected=None, compile=False):
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: ``path`` does not end in ``.keras``.
-        TypeError: the file holds a model of another class than ``expected``.
+        ValueError: ``path`` does not end in ``.keras``, or the file is not a readable ``.keras``
+            archive (not a zip, truncated, no ``config.json``).
+        ModelClassError (a TypeError): the file holds a model of another class than
+            ``expected``.
     """
     import keras
 
@@ -75,10 +86,63 @@ def load_model(path, expected=None, compile=False):
         raise FileNotFoundError(f"{names or 'model'} file not found: {path}")
     if not path.endswith(".keras"):
         raise ValueError(f"expected a .keras model file ({names or 'a Keras model'}), got {path!r}")
-    model = keras.saving.load_model(path, compile=compile)
+    config = read_keras_config(path)
+    if expected is not None:
+        _check_saved_class(path, config, expected, names)
+    try:
+        model = keras.saving.load_model(path, compile=compile)
+    except (zipfile.BadZipFile, EOFError, OSError) as e:  # e.g. a damaged weights file
+        raise ValueError(f"{path} exists but is not a readable .keras archive: {e}") from None
     if expected is not None and not isinstance(model, expected):
-        raise TypeError(f"{path} holds a {type(model).__name__}, expected {names}")
+        raise ModelClassError(f"{path} holds a {type(model).__name__}, expected {names}")
     return model
+
+
+def read_keras_config(path):
+    """The model configuration (a dict: ``class_name``, ``module``, ``registered_name``,
+    ``config`` …) stored in a ``.keras`` archive's ``config.json``, read without building the
+    model.
+
+    Raises:
+        ValueError: the file is not a zip archive (random bytes, truncated …) or has no valid
+            ``config.json``; the message names the file.
+    """
+    path = os.fspath(path)
+    unreadable = f"{path} exists but is not a readable .keras archive"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            text = archive.read("config.json")
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"{unreadable} (not a zip file, or a truncated one: {e})") from None
+    except KeyError:
+        raise ValueError(f"{unreadable}: it has no config.json") from None
+    except (OSError, EOFError, zipfile.LargeZipFile, NotImplementedError) as e:
+        raise ValueError(f"{unreadable}: {e}") from None
+    try:
+        config = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"{unreadable}: its config.json is not valid JSON ({e})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("class_name"), str):
+        raise ValueError(f"{unreadable}: its config.json names no model class")
+    return config
+
+
+def _check_saved_class(path, config, expected, names):
+    """ModelClassError unless the class saved in ``config`` is (a subclass of) ``expected``."""
+    import keras
+
+    classes = expected if isinstance(expected, tuple) else (expected,)
+    class_name, registered = config["class_name"], config.get("registered_name")
+    if any(registered == keras.saving.get_registered_name(c) for c in classes):
+        return
+    if not registered and any(class_name == c.__name__ for c in classes):
+        return
+    found = keras.saving.get_registered_object(registered) if registered else None
+    if isinstance(found, type) and issubclass(found, classes):
+        return
+    module = config.get("module")
+    where = f" (from {module})" if module and module != "keras" and found is None else ""
+    raise ModelClassError(f"{path} holds a {class_name}{where}, expected {names}")
 
 
 def _class_names(expected):

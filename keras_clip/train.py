@@ -29,9 +29,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_clip.cli import add_tf_logs_flag, non_negative_int, positive_int
+from keras_clip.cli import (RawDescriptionDefaultsHelpFormatter, add_tf_logs_flag,
+                            non_negative_int, positive_int)
 from keras_clip import callbacks as cb
-from keras_clip.saving import save_model_atomic
+from keras_clip.saving import ModelClassError, save_model_atomic
 from keras_clip.strategy import STRATEGIES, is_chief, make_strategy
 from keras_clip.validation import check_positive_int
 
@@ -112,7 +113,12 @@ def _initial_model(init_from, preset, loss, overrides):
 def lock_towers(model, lock_image=False, lock_image_unlocked_groups=0,
                 lock_image_freeze_bn_stats=False, lock_text=False, lock_text_unlocked_layers=0,
                 lock_text_freeze_layer_norm=True):
-    """Applies the ``--lock-*`` options (open_clip's) to ``model``; returns a one-line summary."""
+    """Applies the ``--lock-*`` options (open_clip's) to ``model``; returns a one-line summary.
+
+    Prints a warning line for a tower asked to be locked whose unlocked groups / layers are all
+    of its groups: nothing of it is locked (0 locks it whole)."""
+    from keras_clip.locking import image_tower_groups, text_tower_groups
+
     if not lock_image and (lock_image_unlocked_groups or lock_image_freeze_bn_stats):
         raise ValueError("--lock-image-unlocked-groups / --lock-image-freeze-bn-stats need "
                          "--lock-image")
@@ -121,11 +127,21 @@ def lock_towers(model, lock_image=False, lock_image_unlocked_groups=0,
     before = len(model.trainable_weights)
     if lock_image:
         model.lock_image_tower(lock_image_unlocked_groups, lock_image_freeze_bn_stats)
+        _warn_if_nothing_locked("--lock-image-unlocked-groups", lock_image_unlocked_groups,
+                                len(image_tower_groups(model)), "image tower")
     if lock_text:
         model.lock_text_tower(lock_text_unlocked_layers, lock_text_freeze_layer_norm)
+        _warn_if_nothing_locked("--lock-text-unlocked-layers", lock_text_unlocked_layers,
+                                len(text_tower_groups(model)), "text tower")
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
     return (f"{before - len(model.trainable_weights)} of {before} weight tensors locked; "
             f"{trainable:,} trainable parameters")
+
+
+def _warn_if_nothing_locked(option, unlocked, groups, tower):
+    if unlocked >= groups:  # (more than there are is refused by the lock itself)
+        print(f"warning: {option} {unlocked} leaves all {groups} groups of the {tower} "
+              f"unlocked: nothing of the {tower} is locked (0 locks it whole)")
 
 
 XLA_TOWERS = {"auto": "auto", "on": True, "off": False}  # --xla-towers → compile's xla_towers
@@ -275,7 +291,7 @@ def train_clip(preset="ViT-S-Demo", data="shapes", epochs=10, batch_size=128,
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m keras_clip.train",
                                 description=__doc__.split("\n\nTest hook:")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=RawDescriptionDefaultsHelpFormatter)
     p.add_argument("--preset", default=None, help="architecture (default ViT-S-Demo; not with "
                                                   "--init-from)")
     p.add_argument("--init-from", default=None,
@@ -287,6 +303,8 @@ def main(argv=None):
                         "(-10) and resets its logit scale to SigLIP's ln 10")
     p.add_argument("--accum-freq", type=positive_int, default=1,
                    help="micro-batches per step, keeping every negative (open_clip's)")
+    p.add_argument("--grad-accum", nargs="?", const="", default=None,
+                   help=argparse.SUPPRESS)  # removed: a usage error pointing to --accum-freq
     p.add_argument("--lock-image", action="store_true", help="lock the image tower (LiT)")
     p.add_argument("--lock-image-unlocked-groups", type=non_negative_int, default=0,
                    help="leave the last N groups of the image tower unlocked")
@@ -300,21 +318,29 @@ def main(argv=None):
     p.add_argument("--lock-text-freeze-layer-norm", action="store_true",
                    help="also freeze the locked layers' LayerNorms (as open_clip's CLI, they "
                         "stay trainable without this flag)")
-    p.add_argument("--data", default="shapes", help='"shapes" or shard path/glob (.tfrecord, .tar, .tsv)')
-    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--data", default="shapes",
+                   help='"shapes" or shard path/glob (.tfrecord, .tar, .tsv tab-separated / .csv '
+                        "comma-separated, with filepath and title columns)")
+    p.add_argument("--epochs", type=positive_int, default=10, help="epochs to train")
     p.add_argument("--batch-size", type=positive_int, default=128, help="global batch size")
-    p.add_argument("--steps-per-epoch", type=positive_int, default=None)
+    p.add_argument("--steps-per-epoch", type=positive_int, default=None,
+                   help="batches per epoch (default: one pass over the data; needed for data "
+                        "whose length is unknown)")
     p.add_argument("--split", default="train",
                    help='shapes split (train; "finetune" has the held-out pairs) or the {split} '
                         "of a shard path")
     p.add_argument("--num-examples", type=positive_int, default=None,
                    help="limit the training examples")
-    p.add_argument("--logdir", default="runs/clip")
+    p.add_argument("--logdir", default="runs/clip",
+                   help="TensorBoard logs, the resumable backup and per-epoch checkpoints")
     p.add_argument("--output", default=None, help="where to save the trained model (.keras)")
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--warmup-steps", type=int, default=None)
-    p.add_argument("--weight-decay", type=float, default=0.2)
-    p.add_argument("--strategy", default="default", choices=STRATEGIES)
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (AdamW)")
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="linear warm-up steps before the cosine decay (default: 5%% of the "
+                        "run's steps)")
+    p.add_argument("--weight-decay", type=float, default=0.2, help="AdamW weight decay")
+    p.add_argument("--strategy", default="default", choices=STRATEGIES,
+                   help="tf.distribute strategy")
     p.add_argument("--cpu-replicas", type=positive_int, default=None,
                    help="split the CPU into N logical devices (with --strategy mirrored)")
     p.add_argument("--mixed-precision", action="store_true", help="mixed_bfloat16, loss in float32")
@@ -322,15 +348,20 @@ def main(argv=None):
                    help="XLA-compile the per-replica towers: auto (default) = on under a "
                         "multi-replica strategy, off on one device (faster there at real sizes)")
     p.add_argument("--no-xla", action="store_true", help="same as --xla-towers off")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, data and shuffle")
     p.add_argument("--eval-examples", type=non_negative_int, default=1000,
                    help="0 disables evaluation")
     p.add_argument("--save-freq", type=positive_int, default=50, help="backup every N steps")
     p.add_argument("--profile", action="store_true", help="profiler trace of steps 2-4")
-    p.add_argument("--text-encoder", default=None, choices=["transformer", "cbow"])
-    p.add_argument("--verbose", type=int, default=1)
+    p.add_argument("--text-encoder", default=None, choices=["transformer", "cbow"],
+                   help="override the preset's text tower")
+    p.add_argument("--verbose", type=int, default=1, help="Keras fit verbosity (0, 1 or 2)")
     add_tf_logs_flag(p)
     args = p.parse_args(argv)
+    if args.grad_accum is not None:
+        p.error("--grad-accum was removed: use --accum-freq K (it averaged the K micro-batch "
+                "losses, so each saw only its own micro-batch's negatives; --accum-freq keeps "
+                "every negative of the whole batch in one loss, as open_clip does)")
     if args.lock_text_freeze_layer_norm and not args.lock_text:
         p.error("--lock-text-freeze-layer-norm needs --lock-text")
     if args.init_from and (args.preset or args.text_encoder):
@@ -354,7 +385,7 @@ def main(argv=None):
             lock_text_unlocked_layers=args.lock_text_unlocked_layers,
             lock_text_freeze_layer_norm=args.lock_text_freeze_layer_norm, split=args.split,
             **overrides)
-    except (ValueError, FileNotFoundError) as e:  # bad options / files, named by the message
+    except (ValueError, FileNotFoundError, ModelClassError) as e:  # bad options / files, named
         p.exit(2, f"{p.prog}: error: {e}\n")
     final = {k: v[-1] for k, v in history.items() if isinstance(v, list) and v}
     summary = (f"trained {history['steps_run']} steps (global step {history['start_step']} -> "

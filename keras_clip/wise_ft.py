@@ -6,7 +6,7 @@ r"""WiSE-FT: weight-space ensembling of a zero-shot and a fine-tuned model.
 Every weight becomes ``(1 - alpha) * zero_shot + alpha * fine_tuned`` (Wortsman et al., "Robust
 fine-tuning of zero-shot models", CVPR 2022, eq. 1): ``alpha = 0`` is the zero-shot model,
 ``alpha = 1`` the fine-tuned one. The two models must have the same architecture: the same
-class, the same configuration and the same weights (paths and shapes, in order).
+class, the same configuration and the same weights (paired by path; same shapes and dtypes).
 ``python -m keras_clip.evaluate --wise-ft-zero-shot`` sweeps alpha.
 """
 
@@ -27,45 +27,63 @@ def _name(variable, i):
     return path.split("/", 1)[-1] if path else f"weight {i}"
 
 
-def check_same_architecture(zero_shot, fine_tuned):
+def _by_name(model):
+    """``{name: variable}`` in ``model.weights`` order; a repeated name gets ``#k`` (its k-th
+    repeat) so that every weight has a key."""
+    out, seen = {}, {}
+    for i, v in enumerate(model.weights):
+        name = _name(v, i)
+        k = seen[name] = seen.get(name, -1) + 1
+        out[name if k == 0 else f"{name}#{k}"] = v
+    return out
+
+
+def _describe(variable):
+    return f"{tuple(variable.shape)} {np.dtype(variable.dtype)}"
+
+
+def check_same_architecture(zero_shot, fine_tuned, labels=None):
     """ValueError unless the two models can be interpolated weight by weight.
 
-    Checks, in order: the class; the weights (count, then each weight's path, shape and dtype in
-    ``model.weights`` order — the message names the first that differs); the configuration
-    (``get_config()``; e.g. a different number of attention heads leaves every shape alike).
+    Weights are matched by their path below the model (``visual/proj`` …), not by position.
+    Checks, in order: the class; a weight only one model has (the zero-shot model's first such
+    weight, else the fine-tuned model's — e.g. SigLIP's ``logit_bias`` when one model is a
+    SigLIP and the other a CLIP); a weight of one name whose shape or dtype differs (the first
+    in the zero-shot model's order); the configuration (``get_config()``; e.g. a different
+    number of attention heads leaves every shape alike).
+
+    Args:
+        zero_shot, fine_tuned: Keras models.
+        labels: how the messages name the two models, e.g. their file paths (default
+            "zero-shot", "fine-tuned").
     """
+    za, fa = labels if labels is not None else (None, None)
+    zs = "the zero-shot model" + (f" ({za})" if za else "")
+    ft = "the fine-tuned model" + (f" ({fa})" if fa else "")
     if type(zero_shot) is not type(fine_tuned):
-        raise ValueError(f"WiSE-FT needs two models of one architecture: the zero-shot model is a "
-                         f"{type(zero_shot).__name__}, the fine-tuned one a "
-                         f"{type(fine_tuned).__name__}")
-    a, b = zero_shot.weights, fine_tuned.weights
-    names_a = {_name(v, i) for i, v in enumerate(a)}
-    names_b = {_name(v, i) for i, v in enumerate(b)}
-    only = sorted(names_a - names_b), sorted(names_b - names_a)
-    # e.g. SigLIP's logit_bias in one model only: said after the first differing position
-    extra = "".join(f"; only the {who} model has {names[:3]}" + (" ..." if len(names) > 3 else "")
-                    for who, names in zip(("zero-shot", "fine-tuned"), only) if names)
-    for i, (x, y) in enumerate(zip(a, b)):
-        got = [(_name(v, i), tuple(v.shape), str(np.dtype(v.dtype))) for v in (x, y)]
-        if got[0] != got[1]:
-            (na, sa, da), (nb, sb, db) = got
+        raise ValueError(f"WiSE-FT needs two models of one architecture: {zs} is a "
+                         f"{type(zero_shot).__name__}, {ft} a {type(fine_tuned).__name__}")
+    a, b = _by_name(zero_shot), _by_name(fine_tuned)
+    for (mine, other, who, whom) in ((a, b, zs, ft), (b, a, ft, zs)):
+        only = [k for k in mine if k not in other]
+        if only:
+            n = len(only) - 1
+            more = f" (and {n} more weight{'s' if n > 1 else ''} only it has)" if n else ""
             raise ValueError(
-                f"the models differ in architecture at weight {i}: zero-shot {na!r} {sa} {da} vs "
-                f"fine-tuned {nb!r} {sb} {db}{extra}")
-    if len(a) != len(b):
-        longer, name = (a, "zero-shot") if len(a) > len(b) else (b, "fine-tuned")
-        i = min(len(a), len(b))
-        raise ValueError(
-            f"the models differ in architecture at weight {i}: the zero-shot model has {len(a)} "
-            f"weights, the fine-tuned one {len(b)}; the first extra weight is the {name} model's "
-            f"{_name(longer[i], i)!r} {tuple(longer[i].shape)}")
+                f"the models differ in architecture: {who} has a weight {only[0]!r} "
+                f"{_describe(mine[only[0]])} that {whom} does not have{more}")
+    for k, x in a.items():
+        y = b[k]
+        if (tuple(x.shape), np.dtype(x.dtype)) != (tuple(y.shape), np.dtype(y.dtype)):
+            raise ValueError(f"the models differ in architecture at weight {k!r}: {zs} has "
+                             f"{_describe(x)}, {ft} {_describe(y)}")
     ca, cb = _config(zero_shot), _config(fine_tuned)
     differing = sorted(k for k in set(ca) | set(cb) if ca.get(k, "<missing>") != cb.get(k, "<missing>"))
     if differing:
         k = differing[0]
         raise ValueError(f"the models' configurations differ in {differing}: e.g. {k!r} is "
-                         f"{ca.get(k, '<missing>')!r} (zero-shot) vs {cb.get(k, '<missing>')!r} "
-                         f"(fine-tuned)")
+                         f"{ca.get(k, '<missing>')!r} ({zs}) vs {cb.get(k, '<missing>')!r} "
+                         f"({ft})")
 
 
 def _config(model):
@@ -113,13 +131,14 @@ def interpolate_weights(zero_shot_weights, fine_tuned_weights, alpha):
     return out
 
 
-def wise_ft(zero_shot, fine_tuned, alpha):
+def wise_ft(zero_shot, fine_tuned, alpha, labels=None):
     """A new model with weights ``(1 - alpha) * zero_shot + alpha * fine_tuned``.
 
     Args:
         zero_shot, fine_tuned: Keras models of one architecture (see
-            :func:`check_same_architecture`); left unchanged.
+            :func:`check_same_architecture`; weights are paired by name); left unchanged.
         alpha: float in [0, 1]; 0 gives the zero-shot weights, 1 the fine-tuned weights.
+        labels: how errors name the two models (e.g. their file paths).
 
     Returns:
         a model of the same class built from ``fine_tuned.get_config()`` (not compiled).
@@ -132,15 +151,16 @@ def wise_ft(zero_shot, fine_tuned, alpha):
         >>> mixed = wise_ft(load_model("zs.keras"), load_model("ft.keras"), alpha=0.5)
     """
     alpha = _check_alpha(alpha)
-    check_same_architecture(zero_shot, fine_tuned)
+    check_same_architecture(zero_shot, fine_tuned, labels)
     model = type(fine_tuned).from_config(fine_tuned.get_config())
     if len(model.weights) != len(fine_tuned.weights):
         raise ValueError(f"a {type(fine_tuned).__name__} rebuilt from its config has "
                          f"{len(model.weights)} weights, the fine-tuned model "
                          f"{len(fine_tuned.weights)}: WiSE-FT needs a model class that builds "
                          f"its weights in __init__ (as keras_clip.CLIP does)")
-    model.set_weights(interpolate_weights([w.numpy() for w in zero_shot.weights],
-                                          [w.numpy() for w in fine_tuned.weights], alpha))
+    a, b = _by_name(zero_shot), _by_name(fine_tuned)  # same names (checked); b's order
+    model.set_weights(interpolate_weights([a[k].numpy() for k in b],
+                                          [v.numpy() for v in b.values()], alpha))
     return model
 
 
@@ -167,9 +187,10 @@ def main(argv=None):
     try:
         zero_shot = load_clip(args.zero_shot)
         fine_tuned = load_clip(args.fine_tuned)
-        model = wise_ft(zero_shot, fine_tuned, args.alpha)
+        model = wise_ft(zero_shot, fine_tuned, args.alpha,
+                        labels=(args.zero_shot, args.fine_tuned))
     except (FileNotFoundError, ValueError, TypeError) as e:
-        raise SystemExit(f"wise_ft: error: {e}") from None
+        p.exit(2, f"{p.prog}: error: {e}\n")  # one line naming the file / the difference
     save_model_atomic(model, args.out)
     print(f"wrote {args.out}: (1 - {args.alpha:g}) x {os.path.basename(args.zero_shot)} + "
           f"{args.alpha:g} x {os.path.basename(args.fine_tuned)}")

@@ -6,6 +6,7 @@ import importlib
 import io
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -189,3 +190,52 @@ def test_train_rejects_counts_that_are_not_positive(argv, message, capsys, tmp_p
         train.main(argv + ["--logdir", str(tmp_path), "--verbose", "0"])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_train_refuses_the_removed_grad_accum_pointing_to_accum_freq(capsys, tmp_path):
+    # Was: "unrecognized arguments: --grad-accum 4" and nothing about its replacement.
+    from keras_clip import train
+
+    for argv in (["--grad-accum", "4"], ["--grad-accum"]):
+        with pytest.raises(SystemExit) as exit_info:
+            train.main(argv + ["--logdir", str(tmp_path), "--verbose", "0"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "error: --grad-accum was removed: use --accum-freq K" in err
+        assert "each saw only its own micro-batch's negatives" in err
+    assert "--grad-accum" not in _help("keras_clip.train")  # hidden from --help
+    assert not os.listdir(tmp_path)  # refused before anything ran
+
+
+def _option_help(text):
+    """``{option: its help text on one line}`` of an argparse --help output."""
+    return {block.split()[0]: " ".join(block.split())
+            for block in re.split(r"\n  (?=--)", text)[1:]}
+
+
+def test_train_help_shows_the_defaults():
+    options = _option_help(_help("keras_clip.train"))
+    for option, default in (("--logdir", "runs/clip"), ("--epochs", 10), ("--batch-size", 128),
+                            ("--lr", 0.0005), ("--weight-decay", 0.2), ("--save-freq", 50),
+                            ("--eval-examples", 1000), ("--seed", 0), ("--accum-freq", 1),
+                            ("--data", "shapes"), ("--split", "train")):
+        assert f"(default: {default})" in options[option], options[option]
+    # Options whose help already says their default, or whose default is None / False, get no
+    # second "(default: …)".
+    for option in ("--preset", "--loss", "--xla-towers", "--output", "--lock-image"):
+        assert "(default: None)" not in options[option] and options[option].count("default") <= 1
+
+
+def test_float_in_names_the_interval_and_refuses_nan():
+    import argparse
+
+    top_p = cli.float_in(0.0, 1.0, low_open=True)
+    assert top_p("1") == 1.0 and top_p("0.25") == 0.25
+    for text, message in (("0", "expected a number in (0, 1], got 0"),
+                          ("nan", "expected a number in (0, 1], got nan"),
+                          ("x", "expected a number in (0, 1], got 'x'")):
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(message)):
+            top_p(text)
+    assert cli.float_in(0.0)("0") == 0.0
+    with pytest.raises(argparse.ArgumentTypeError, match="expected a number >= 0, got -1"):
+        cli.float_in(0.0)("-1")

@@ -5,6 +5,7 @@ probe's validation split, figures, the WiSE-FT sweep and TensorBoard output."""
 import csv
 import json
 import os
+import re
 
 import keras
 import numpy as np
@@ -325,6 +326,25 @@ def test_similarity_figure(tiny_pair, tmp_path):
     assert _no_temporary_files(tmp_path)
 
 
+def test_similarity_json_and_figure_say_what_rows_and_columns_are(tiny_pair, tmp_path):
+    # Was (new-user trial): the JSON's matrix is images x captions, the PNG's rows are captions,
+    # and neither said so.
+    results = ev.evaluate(tiny_pair[0], "shapes:val", "similarity", str(tmp_path / "s.json"),
+                          similarity_count=2, progress=False)
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert saved["rows"] == "images" and saved["columns"] == "captions"
+    sim = np.array(saved["similarity"])
+    images, captions = ev.captioned_images("shapes:val", 2, tiny_pair[0].image_size)
+    assert captions == saved["captions"] == results["captions"]
+    # Row i is image i: image 0 against caption 1 is entry [0, 1].
+    want = ev.similarity_matrix(tiny_pair[0], images[:1], captions[1:])[0, 0]
+    assert abs(sim[0, 1] - want) < 1e-3
+    ax = ev._similarity_figure(sim, images, captions).axes[0]
+    assert ax.get_ylabel().startswith("captions") and "JSON's columns" in ax.get_ylabel()
+    assert ax.get_xlabel().startswith("images") and "JSON's rows" in ax.get_xlabel()
+    assert [t.get_text() for t in ax.get_yticklabels()] == captions
+
+
 def test_wise_ft_sweep_endpoints_are_the_two_models_and_tensorboard_gets_the_scalars(
         tiny_pair, tmp_path):
     a, b = tiny_pair
@@ -372,9 +392,11 @@ def test_cli(tiny_pair, colour_folder, tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     one = tmp_path / "one"
     _write_png(str(one / "cat" / "a.png"), (1, 2, 3))
-    with pytest.raises(SystemExit, match="evaluate: error: ImageFolder .* has 1 class folder"):
+    with pytest.raises(SystemExit) as e:
         ev.main(["--model", model, "--data", str(one), "--task", "zeroshot_classification",
                  "--out", str(tmp_path / "x.json"), "--no-progress"])
+    assert e.value.code == 2
+    assert re.search("evaluate: error: ImageFolder .* has 1 class folder", capsys.readouterr().err)
     with pytest.raises(SystemExit) as e:
         ev.main(["--model", model, "--data", "shapes", "--task", "zeroshot_classification",
                  "--out", str(tmp_path / "x.png")])
@@ -403,3 +425,22 @@ def test_retrieval_and_similarity_on_a_caption_shard_skip_unreadable_images(tiny
     assert sim["captions"] == ["a red square", "a green square", "a blue square"]
     assert sim["skipped"]["bad_image"] == 2
     assert (tmp_path / "s.similarity.png").read_bytes()[:8] == PNG
+
+
+def test_the_cli_reads_a_comma_separated_csv_as_the_trainer_does(tiny_pair, tmp_path, capsys):
+    # Was (new-user trial): "no column ... in the header ['filepath,title']" for a .csv with
+    # a comma-separated "filepath,title" header.
+    from keras_clip.saving import save_model_atomic
+
+    model = save_model_atomic(tiny_pair[0], tmp_path / "clip.keras")
+    rows = ["filepath,title"]
+    for name, rgb in {"red": (220, 20, 20), "blue": (30, 60, 220)}.items():
+        _write_png(str(tmp_path / "img" / f"{name}.png"), rgb)
+        rows.append(f'img/{name}.png,"a {name} square, small"')
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "s.json"
+    ev.main(["--model", model, "--data", str(tmp_path / "pairs.csv"), "--task", "similarity",
+             "--out", str(out), "--no-progress"])
+    results = json.loads(out.read_text())
+    assert results["captions"] == ["a red square, small", "a blue square, small"]
+    assert results["skipped"]["bad_record"] == 0 and results["num_examples"] == 2

@@ -164,3 +164,25 @@ def test_the_loss_defaults_to_the_starting_models(tmp_path):
                           batch_size=4, logdir=str(tmp_path / "logs"), eval_examples=0,
                           xla=False, verbose=0)
     assert model.clip_loss == "siglip"
+
+
+def test_unlocking_every_group_warns_that_nothing_was_locked(capsys):
+    # Was (new-user trial): --lock-image --lock-image-unlocked-groups N with N = all groups ran
+    # with nothing locked and said only "0 of ... weight tensors locked".
+    from keras_clip.train import lock_towers
+
+    model = CLIP.from_preset("ViT-Tiny")
+    n_image, n_text = len(image_tower_groups(model)), len(text_tower_groups(model))
+    summary = lock_towers(model, lock_image=True, lock_image_unlocked_groups=n_image,
+                          lock_text=True, lock_text_unlocked_layers=n_text)
+    out = capsys.readouterr().out
+    assert summary.startswith("0 of ")
+    assert (f"warning: --lock-image-unlocked-groups {n_image} leaves all {n_image} groups of the "
+            f"image tower unlocked: nothing of the image tower is locked" in out)
+    assert (f"warning: --lock-text-unlocked-layers {n_text} leaves all {n_text} groups of the "
+            f"text tower unlocked: nothing of the text tower is locked" in out)
+    # One group fewer locks something: no warning.
+    model = CLIP.from_preset("ViT-Tiny")
+    summary = lock_towers(model, lock_image=True, lock_image_unlocked_groups=n_image - 1,
+                          lock_text=True, lock_text_unlocked_layers=n_text - 1)
+    assert "warning" not in capsys.readouterr().out and not summary.startswith("0 of ")

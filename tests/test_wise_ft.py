@@ -1,5 +1,7 @@
 """WiSE-FT (keras_clip/wise_ft.py): weight-space interpolation of two CLIPs."""
 
+import re
+
 import numpy as np
 import pytest
 import keras
@@ -64,25 +66,51 @@ def test_alpha_outside_0_1_is_refused(pair, alpha):
         wise_ft(*pair, alpha)
 
 
-def _first_difference(a, b):
-    """Brute force: index and relative path of the first weight whose path or shape differs."""
-    for i, (x, y) in enumerate(zip(a.weights, b.weights)):
-        px, py = x.path.split("/", 1)[1], y.path.split("/", 1)[1]
-        if (px, tuple(x.shape)) != (py, tuple(y.shape)):
-            return i, px
-    return None
+def _names(model):
+    return [w.path.split("/", 1)[1] for w in model.weights]
 
 
-def test_different_architectures_name_the_first_differing_weight(pair):
+def test_different_architectures_name_the_first_weight_only_one_has_or_of_another_shape(pair):
     a = pair[0]
-    deeper = _tiny(2, vision_layers=3)  # one more residual block: the weight lists diverge
-    i, path = _first_difference(a, deeper)
-    with pytest.raises(ValueError, match=rf"at weight {i}: zero-shot '{path}'"):
+    deeper = _tiny(2, vision_layers=3)  # one more residual block: weights only it has
+    extra = [n for n in _names(deeper) if n not in _names(a)]
+    assert extra  # the test means something
+    with pytest.raises(ValueError, match=rf"the fine-tuned model has a weight '{extra[0]}' .* "
+                                         rf"that the zero-shot model does not have \(and "
+                                         rf"{len(extra) - 1} more"):
         wise_ft(a, deeper, 0.5)
+    with pytest.raises(ValueError, match=rf"the zero-shot model has a weight '{extra[0]}'"):
+        check_same_architecture(deeper, a)
     wider = _tiny(3, embed_dim=48)  # same weight names, other shapes
-    i, path = _first_difference(a, wider)
-    with pytest.raises(ValueError, match=rf"at weight {i}: zero-shot '{path}'"):
+    assert _names(wider) == _names(a)
+    x, y = next((x, y) for x, y in zip(a.weights, wider.weights)
+                if tuple(x.shape) != tuple(y.shape))
+    with pytest.raises(ValueError, match=re.escape(
+            f"at weight '{x.path.split('/', 1)[1]}': the zero-shot model has {tuple(x.shape)} "
+            f"float32, the fine-tuned model {tuple(y.shape)} float32")):
         check_same_architecture(a, wider)
+
+
+def test_a_siglip_model_against_a_clip_names_logit_bias_not_a_misaligned_pair(pair, tmp_path,
+                                                                                capsys):
+    # Was (new-user trial): "differ ... at weight 1: 'visual/class_embedding' vs 'logit_bias'"
+    # (weights compared by position; SigLIP's extra logit_bias shifts every later one).
+    clip, siglip = pair[0], _tiny(6, logit_bias_init=-10.0)
+    with pytest.raises(ValueError, match=r"the fine-tuned model has a weight 'logit_bias' \(\) "
+                                         r"float32 that the zero-shot model does not have$"):
+        check_same_architecture(clip, siglip)
+    with pytest.raises(ValueError, match=r"the zero-shot model has a weight 'logit_bias'"):
+        wise_ft(siglip, clip, 0.5)
+    pa = save_model_atomic(clip, tmp_path / "clip.keras")
+    ps = save_model_atomic(siglip, tmp_path / "siglip.keras")
+    with pytest.raises(SystemExit) as e:
+        main(["--zero-shot", pa, "--fine-tuned", ps, "--alpha", "0.5",
+              "--out", str(tmp_path / "mix.keras")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert (f"the fine-tuned model ({ps}) has a weight 'logit_bias' () float32 that the "
+            f"zero-shot model ({pa}) does not have") in err
+    assert "class_embedding" not in err
 
 
 def test_same_shapes_but_another_configuration_is_named(pair):
@@ -103,9 +131,11 @@ def test_cli_writes_the_interpolated_model_and_names_a_mismatch(pair, tmp_path, 
     assert "wrote" in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # atomic
     other = save_model_atomic(_tiny(5, vision_layers=3), tmp_path / "c.keras")
-    with pytest.raises(SystemExit, match="wise_ft: error: the models differ in architecture"):
+    with pytest.raises(SystemExit) as e:
         main(["--zero-shot", pa, "--fine-tuned", other, "--alpha", "0.5",
               "--out", str(tmp_path / "bad.keras")])
+    assert e.value.code == 2
+    assert "wise_ft: error: the models differ in architecture" in capsys.readouterr().err
     assert not (tmp_path / "bad.keras").exists()
     with pytest.raises(SystemExit) as e:
         main(["--zero-shot", pa, "--fine-tuned", pb, "--alpha", "2", "--out", str(out)])
