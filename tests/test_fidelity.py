@@ -4,6 +4,7 @@ the before/after bookkeeping on perfect and half-perfect samples, and the CLI.
 The run on a real (tiny, random) DALL·E is in tests/test_dalle_sampling.py."""
 
 import json
+import types
 
 import numpy as np
 import pytest
@@ -150,9 +151,9 @@ def test_cli_prints_the_table_and_writes_the_json(monkeypatch, rendered, clip, t
     _fake_sampler(monkeypatch, rendered, good=lambda j: j % 2 == 0)
     loaded = []
 
-    def load_model(path, cls):
+    def load_model(path, cls):  # a stand-in DALL·E: the fake sampler never calls it
         loaded.append((path, cls.__name__))
-        return clip if cls is CLIP else None
+        return clip if cls is CLIP else types.SimpleNamespace(image_vocab_size=16)
 
     from keras_dalle.sampling import models
 
@@ -183,6 +184,64 @@ def test_cli_prints_the_table_and_writes_the_json(monkeypatch, rendered, clip, t
             main(["--model", "d.keras", "--vae", "v.keras", "--clip", "c.keras"] + argv)
         assert message.replace("\\", "") in capsys.readouterr().err
     assert loaded == []
+
+
+@pytest.mark.parametrize("module", ["keras_dalle.fidelity", "keras_dalle.sampling.generate"])
+def test_bad_sampling_options_are_usage_errors_before_any_model_is_loaded(module, monkeypatch,
+                                                                           capsys, tmp_path):
+    # Was (new-user trial): checked by the sampler after loading the models, as a ValueError
+    # traceback.
+    import importlib
+
+    from keras_dalle.sampling import models
+
+    loaded = []
+
+    def load_model(path, cls):
+        loaded.append(path)
+        return types.SimpleNamespace(image_vocab_size=16)
+
+    monkeypatch.setattr(models, "load_model", load_model)
+    main = importlib.import_module(module).main
+    base = ["--model", "d.keras", "--vae", "v.keras"]
+    if module != "keras_dalle.fidelity":
+        base = ["a red circle", "--out", str(tmp_path / "g.png")] + base
+    for argv, message in [
+            (["--temperature", "-0.5"], "argument --temperature: expected a number >= 0, got -0.5"),
+            (["--temperature", "nan"], "argument --temperature: expected a number >= 0, got nan"),
+            (["--top-p", "0"], "argument --top-p: expected a number in (0, 1], got 0"),
+            (["--top-p", "1.5"], "argument --top-p: expected a number in (0, 1], got 1.5"),
+            (["--top-k", "0"], "argument --top-k: expected a positive integer (>= 1), got 0"),
+            (["--top-k", "-3"], "argument --top-k: expected a positive integer (>= 1), got -3")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(base + argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+    assert loaded == []
+    # The vocabulary bound needs the model: checked right after loading, still a usage error.
+    with pytest.raises(SystemExit) as exit_info:
+        main(base + ["--top-k", "17"])
+    assert exit_info.value.code == 2
+    assert ("argument --top-k: expected at most the model's image vocabulary size 16, got 17"
+            in capsys.readouterr().err)
+    assert loaded[:2] == ["d.keras", "v.keras"]
+
+
+def test_fidelity_help_shows_the_defaults():
+    import contextlib
+    import io
+    import re
+
+    with pytest.raises(SystemExit), contextlib.redirect_stdout(io.StringIO()) as out:
+        main(["--help"])
+    options = {block.split()[0]: " ".join(block.split())  # option → its help, one line
+               for block in re.split(r"\n  (?=--)", out.getvalue())[1:]}
+    for option, default in (("--num-prompts", 20), ("--num-samples", 80), ("--group", 8),
+                            ("--chunk", 4), ("--seed", 0), ("--temperature", 1.0)):
+        assert f"(default: {default})" in options[option], options[option]
+    assert "(default: seen heldout two-" in options["--splits"]  # (wrapped at the hyphen)
+    assert "default" not in options["--json"]  # None: nothing to show
 
 
 def test_a_splits_samples_do_not_depend_on_the_other_splits_asked_for(monkeypatch, rendered,

@@ -36,13 +36,13 @@ import math
 
 import numpy as np
 
-from keras_clip.cli import add_tf_logs_flag
+from keras_clip.cli import DefaultsHelpFormatter, add_tf_logs_flag
 from keras_clip.data.shapes import generate_shapes
 from keras_clip.data.shapes_reader import check_image
 from keras_clip.model import CLIP
 from keras_clip.saving import write_text_atomic
 from keras_clip.validation import check_positive_int
-from keras_dalle.sampling.models import load_models
+from keras_dalle.sampling.models import add_sampling_options, check_top_k, load_models
 from keras_dalle.sampling.pipeline import generate
 from keras_dalle.sampling.rerank import clip_scores
 
@@ -240,20 +240,20 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m keras_dalle.fidelity",
         description="Prompt fidelity of a DALL·E trained on the built-in shapes: colour, shape, "
                     "size and relation read from the pixels, per split, before and after CLIP "
-                    "reranking, with Wilson 95% intervals.")
+                    "reranking, with Wilson 95% intervals.",
+        formatter_class=DefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="the DALL·E .keras file")
     p.add_argument("--vae", required=True, help="its dVAE .keras file")
     p.add_argument("--clip", default=None, help="a CLIP .keras file for the best-of-group column")
-    p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
-    p.add_argument("--num-prompts", type=int, default=20)
+    p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS,
+                   help="the prompt sets to check")
+    p.add_argument("--num-prompts", type=int, default=20, help="prompts per split")
     p.add_argument("--num-samples", type=int, default=80, help="samples per prompt")
     p.add_argument("--group", type=int, default=8,
                    help="rerank in groups of this many samples, keep the best of each")
     p.add_argument("--chunk", type=int, default=4, help="prompts per sampling call")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of the prompts and the samples")
+    add_sampling_options(p)
     p.add_argument("--json", default=None, help="also write the whole result here")
     add_tf_logs_flag(p)
     args = p.parse_args(argv)
@@ -266,6 +266,7 @@ def main(argv=None):
         model, vae, clip = load_models(args.model, args.vae, args.clip)
     except (FileNotFoundError, TypeError, ValueError) as e:
         p.error(str(e))
+    check_top_k(p, args.top_k, model)
     result = prompt_fidelity(model, vae, clip, splits=args.splits, num_prompts=args.num_prompts,
                              num_samples=args.num_samples, group=args.group, seed=args.seed,
                              chunk=args.chunk, progress=True, temperature=args.temperature,

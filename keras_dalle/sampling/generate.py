@@ -15,8 +15,8 @@ import tempfile
 
 import numpy as np
 
-from keras_clip.cli import add_tf_logs_flag
-from keras_dalle.sampling.models import load_models
+from keras_clip.cli import DefaultsHelpFormatter, add_tf_logs_flag
+from keras_dalle.sampling.models import add_sampling_options, check_top_k, load_models
 from keras_dalle.sampling.pipeline import generate
 
 __all__ = ["image_grid", "grid_format", "save_grid"]
@@ -82,17 +82,16 @@ def save_grid(path, images, labels=None, scores=None, **kwargs):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m keras_dalle.sampling.generate",
-                                description=__doc__.split("\n\n")[0])
+                                description=__doc__.split("\n\n")[0],
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("prompts", nargs="+")
     p.add_argument("--model", required=True, help="trained DALLE (.keras)")
     p.add_argument("--vae", required=True, help="its DiscreteVAE (.keras)")
     p.add_argument("--clip", default=None, help="a CLIP (.keras) to rerank the samples")
-    p.add_argument("--num-samples", type=int, default=16)
+    p.add_argument("--num-samples", type=int, default=16, help="samples per prompt")
     p.add_argument("--keep", type=int, default=None, help="best samples kept (needs --clip)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    add_sampling_options(p)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--out", default="grid.png", help="the grid image: .png, .jpg or .jpeg")
     add_tf_logs_flag(p)
     args = p.parse_args(argv)
@@ -105,6 +104,7 @@ def main(argv=None):
         model, vae, clip = load_models(args.model, args.vae, args.clip)
     except (FileNotFoundError, TypeError, ValueError) as e:
         p.error(str(e))
+    check_top_k(p, args.top_k, model)
     if args.keep is not None and clip is None:
         p.error("--keep needs --clip (samples are kept by CLIP score)")
     out = generate(model, args.prompts, vae=vae, num_samples=args.num_samples,
