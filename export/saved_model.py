@@ -38,6 +38,7 @@ import tempfile
 import tensorflow as tf
 
 from keras_clip.cli import add_tf_logs_flag
+from keras_clip.saving import ModelClassError
 from export.clip_signatures import DEFAULT_TEMPLATE, SIGNATURES, CLIPServingModule  # noqa: F401
 from export.search_signature import CLIPSearchModule, search_warmup_requests
 
@@ -141,7 +142,7 @@ def run_export_cli(model_path, base_path, version, overwrite, export):
     """
     try:
         path = export(next_version(base_path, version, overwrite))
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
+    except (FileExistsError, FileNotFoundError, ValueError, ModelClassError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"exported {model_path} → {path}")

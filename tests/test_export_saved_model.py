@@ -284,3 +284,14 @@ def test_batching_parameters_file(tmp_path):
         assert line in text
     with pytest.raises(ValueError, match="max_batch_size must be a positive integer"):
         sc.write_batching_parameters(str(tmp_path / "b2.txt"), max_batch_size=0)
+
+
+def test_export_cli_names_a_model_of_another_class_with_exit_code_2(tmp_path, capsys):
+    """New-user trial: a non-CLIP .keras file was a TypeError traceback; now one line, exit 2."""
+    inputs = keras.Input((3,))
+    path = str(tmp_path / "not_clip.keras")
+    keras.Model(inputs, keras.layers.Dense(2)(inputs)).save(path)
+    assert sm.main([path, "--base-path", str(tmp_path / "served")]) == 2
+    err = capsys.readouterr().err
+    assert "not_clip.keras holds a Functional" in err and "expected CLIP" in err, err
+    assert not os.path.exists(tmp_path / "served" / "1")
