@@ -5,7 +5,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_clip.layers.attention import MultiHeadAttention
-from keras_clip.layers.layer_norm import LayerNorm
+from keras_clip.layers.layer_normalization import LayerNorm
 
 
 def quick_gelu(x):
