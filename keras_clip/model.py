@@ -216,23 +216,22 @@ class CLIP(BuiltInInitModel, keras.Model):
         if isinstance(images, np.ndarray):
             images = ops.convert_to_tensor(images)
         self._check_images(images)
-        if self.vision_patch_size is None:
-            return self.visual(images, training=training)
-        return self.visual(images)
+        return self.visual(images, training=training)
 
-    def encode_text(self, token_ids):
+    def encode_text(self, token_ids, training=None):
         """Unnormalised text embeddings (B, embed_dim) of int token ids (B, context_length)."""
         if isinstance(token_ids, (np.ndarray, list)):
             token_ids = ops.convert_to_tensor(np.asarray(token_ids))
         self._check_token_ids(token_ids)
-        return self.text(token_ids)
+        return self.text(token_ids, training=training)
 
     def call(self, inputs, training=None):
         if not isinstance(inputs, dict) or not {"images", "token_ids"} <= set(inputs):
             got = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
             raise ValueError(f"CLIP expects a dict with keys 'images' and 'token_ids', got {got}")
         image_embeds = l2_normalize(ops.cast(self.encode_image(inputs["images"], training), "float32"))
-        text_embeds = l2_normalize(ops.cast(self.encode_text(inputs["token_ids"]), "float32"))
+        text_embeds = l2_normalize(ops.cast(self.encode_text(inputs["token_ids"], training),
+                                            "float32"))
         logits_per_image = ops.exp(self.logit_scale) * ops.matmul(image_embeds, ops.transpose(text_embeds))
         if self.logit_bias is not None:  # SigLIP: sigmoid(logits) is the match probability
             logits_per_image = logits_per_image + self.logit_bias
@@ -352,15 +351,15 @@ class CLIP(BuiltInInitModel, keras.Model):
 
     def embed_pair(self, images, token_ids, training=False):
         """L2-normalised float32 image and text embeddings of a batch of pairs."""
-        return self.embed_images(images, training), self.embed_texts(token_ids)
+        return self.embed_images(images, training), self.embed_texts(token_ids, training)
 
     def embed_images(self, images, training=False):
         """L2-normalised float32 image embeddings (B, embed_dim)."""
         return l2_normalize(ops.cast(self.encode_image(images, training=training), "float32"))
 
-    def embed_texts(self, token_ids):
+    def embed_texts(self, token_ids, training=False):
         """L2-normalised float32 text embeddings (B, embed_dim)."""
-        return l2_normalize(ops.cast(self.encode_text(token_ids), "float32"))
+        return l2_normalize(ops.cast(self.encode_text(token_ids, training=training), "float32"))
 
     def _tower_fn(self, name):
         fn = getattr(self, name)
@@ -389,7 +388,7 @@ class CLIP(BuiltInInitModel, keras.Model):
             with tape.stop_recording():
                 txt = tf.stop_gradient(self._tower_fn("embed_texts")(token_ids))
         else:
-            txt = self._tower_fn("embed_texts")(token_ids)
+            txt = self._tower_fn("embed_texts")(token_ids, training)
         return img, txt
 
     def _loss(self, img, txt):

@@ -1,0 +1,69 @@
+"""Layer normalisation with a hand-written backward pass (every LayerNorm of CLIP's towers and
+DALL·E's transformer)."""
+
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="keras_clip")
+class LayerNorm(keras.layers.LayerNormalization):
+    """``keras.layers.LayerNormalization`` over the last axis with the same forward pass, weights
+    (``gamma``, ``beta``) and config, and a hand-written gradient.
+
+    Forward: Keras' own formula, in float32 (float64 for float64 inputs) (``mean`` and ``variance``
+    over the last axis; ``inv = rsqrt(variance + epsilon) · gamma``; ``y = x · inv + (beta −
+    mean · inv)``), cast to the layer's compute dtype — outputs bit-identical to Keras' layer.
+
+    Backward (Ba et al. 2016, "Layer Normalization"; with ``x̂ = (x − mean) · rsqrt(variance +
+    epsilon)`` and ``g = dy · gamma``): ``dx = rsqrt(variance + epsilon) · (g − mean(g) − x̂ ·
+    mean(g · x̂))``, ``dgamma = Σ dy · x̂``, ``dbeta = Σ dy`` (sums over every axis but the last).
+    TensorFlow differentiating Keras' composed ops emits ~20 element-wise ops and reductions per
+    layer; this is ~10. Measured on this 2-core machine, the 50 LayerNorms of a ViT-B/32 CLIP
+    training step at batch 16 (forward + backward): float32 ≈ 180 ms vs 230 ms, mixed_bfloat16
+    ≈ 205 ms vs 300 ms (`benchmarks/clip_elementwise.py`).
+
+    Other settings (``axis`` not the last axis alone, ``center``/``scale`` off, ``rms_scaling``)
+    and other backends fall back to Keras' layer unchanged.
+
+    Input: float (..., features); output: the same shape in the layer's compute dtype.
+    """
+
+    def call(self, inputs):
+        axes = self.axis if isinstance(self.axis, (list, tuple)) else [self.axis]
+        last_axis_only = len(axes) == 1 and axes[0] in (-1, len(inputs.shape) - 1)
+        if not (keras.backend.backend() == "tensorflow" and last_axis_only and self.center
+                and self.scale and not self.rms_scaling):
+            return super().call(inputs)
+        stats = tf.float64 if inputs.dtype == tf.float64 else tf.float32  # as Keras': ≥ float32
+        y = _layer_norm_last_axis(inputs, tf.cast(self.gamma, stats), tf.cast(self.beta, stats),
+                                  float(self.epsilon))
+        return tf.cast(y, self.compute_dtype)
+
+
+def _layer_norm_last_axis(x, gamma, beta, epsilon):
+    """Layer norm of ``x`` (..., D) over its last axis with ``gamma``, ``beta`` (D,) of the
+    statistics' dtype (float32, or float64 for float64 inputs); returns (..., D) in that dtype.
+    Differentiable in all three (see `LayerNorm`)."""
+
+    @tf.custom_gradient
+    def forward(x, gamma, beta):
+        xf = tf.cast(x, gamma.dtype)
+        mean = tf.reduce_mean(xf, axis=-1, keepdims=True)  # (..., 1)
+        variance = tf.reduce_mean(tf.math.squared_difference(xf, mean), axis=-1, keepdims=True)
+        rstd = tf.math.rsqrt(variance + epsilon)  # (..., 1)
+        inv = rstd * gamma  # (..., D)
+        y = xf * inv + (beta - mean * inv)
+
+        def grad(dy):
+            dy = tf.cast(dy, gamma.dtype)
+            x_hat = (xf - mean) * rstd
+            g = dy * gamma
+            dx = rstd * (g - tf.reduce_mean(g, axis=-1, keepdims=True)
+                         - x_hat * tf.reduce_mean(g * x_hat, axis=-1, keepdims=True))
+            outer = tf.range(tf.rank(dy) - 1)  # every axis but the features
+            return (tf.cast(dx, x.dtype), tf.reduce_sum(dy * x_hat, axis=outer),
+                    tf.reduce_sum(dy, axis=outer))
+
+        return y, grad
+
+    return forward(x, gamma, beta)
