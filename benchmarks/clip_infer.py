@@ -27,6 +27,10 @@ Rows (``--rows``):
                  ``encode_text`` eagerly or in a plain tf.function)
   ours-bf16      the same under keras.mixed_precision "mixed_bfloat16", set before the model is
                  built, as keras_clip/train.py --mixed-precision (embeddings returned float32)
+  ours-graph, ours-bf16-graph
+                 the same functions as plain tf.functions (jit_compile=False): TensorFlow's graph
+                 with its oneDNN matmuls instead of XLA's (``make_image_encoder(model,
+                 jit_compile=False)``, as ``keras_clip.embed --no-xla``)
   torch-eager    open_clip.model.CLIP of the same config (QuickGELU, as our presets), float32,
                  ``encode_image`` / ``encode_text(normalize=True)`` under torch.inference_mode()
   torch-compile  the same calls through torch.compile (default mode; cold inductor cache)
@@ -54,6 +58,10 @@ import fair_runner as fr  # noqa: E402
 ROWS = {
     "ours": dict(label="keras_clip fp32, XLA (tf.function(jit_compile=True))", framework="tf"),
     "ours-bf16": dict(label="keras_clip mixed_bfloat16, XLA", framework="tf", bf16=True),
+    "ours-graph": dict(label="keras_clip fp32, TF graph (tf.function)", framework="tf",
+                       graph=True),
+    "ours-bf16-graph": dict(label="keras_clip mixed_bfloat16, TF graph", framework="tf",
+                            bf16=True, graph=True),
     "torch-eager": dict(label="open_clip fp32, eager", framework="torch"),
     "torch-compile": dict(label="open_clip fp32, torch.compile", framework="torch", compile=True),
     "torch-bf16": dict(label="open_clip bf16 autocast, eager", framework="torch", bf16=True),
@@ -105,8 +113,9 @@ def ours_child(c):
     else:
         from keras_clip.embed import make_image_encoder
         model, _ = fr.ours_model(c)
-        calls = dict(image=make_image_encoder(model),  # tf.function(jit_compile=True)
-                     text=tf.function(model.embed_texts, jit_compile=True, reduce_retracing=True))
+        xla = not c.get("graph")  # the -graph rows: TensorFlow's graph (oneDNN kernels), no XLA
+        calls = dict(image=make_image_encoder(model, jit_compile=xla),
+                     text=tf.function(model.embed_texts, jit_compile=xla, reduce_retracing=True))
         params, names = model.count_params(), ("tensorflow", "keras")
     result = time_towers(c, calls, dict(image=images, text=ids), sync=lambda r: r.numpy()
                          if hasattr(r, "numpy") else r)

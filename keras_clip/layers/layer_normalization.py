@@ -19,8 +19,8 @@ class LayerNorm(keras.layers.LayerNormalization):
     mean(g · x̂))``, ``dgamma = Σ dy · x̂``, ``dbeta = Σ dy`` (sums over every axis but the last).
     TensorFlow differentiating Keras' composed ops emits ~20 element-wise ops and reductions per
     layer; this is ~10. Measured on this 2-core machine, the 50 LayerNorms of a ViT-B/32 CLIP
-    training step at batch 16 (forward + backward): float32 ≈ 180 ms vs 230 ms, mixed_bfloat16
-    ≈ 205 ms vs 300 ms (`benchmarks/clip_elementwise.py`).
+    training step at batch 16 (forward + backward): float32 103 ms vs 132 ms, mixed_bfloat16
+    115 ms vs 140 ms (`benchmarks/clip_elementwise.py`, BENCHMARKS.md).
 
     Other settings (``axis`` not the last axis alone, ``center``/``scale`` off, ``rms_scaling``)
     and other backends fall back to Keras' layer unchanged.
