@@ -147,8 +147,8 @@ class ResumableBackup(keras.callbacks.Callback):
     ``run_config`` (a dict of what defines the run — model source, data, loss, batch, locks, …;
     values that are not JSON are kept as their ``str``) is saved with every backup; `restore`
     refuses (ValueError naming each differing key, the backup's value and this run's) to resume
-    a backup made by a run with a different one, instead of silently continuing another run. Backups without one (older
-    versions) are restored as before.
+    a backup made by a run with a different one, instead of silently continuing another run.
+    Backups without one (older versions) are restored as before.
 
     Test hook: with the environment variable ``KERAS_CLIP_TEST_KILL_AT_STEP=N`` set, the process
     sends itself SIGKILL (``os.kill(os.getpid(), signal.SIGKILL)``) in ``on_train_batch_end`` of

@@ -31,8 +31,8 @@ counts them) and task details (similarity: ``similarity``, the images × caption
 ``"rows": "images"``, ``"columns": "captions"`` and the ``captions``; its figure draws it
 transposed, captions as rows, and labels its axes so). Beside it: ``<stem>.confusion.png`` and
 ``<stem>.per_class.csv`` (classification and linear probe), ``<stem>.similarity.png``
-(similarity), ``<stem>.wise_ft.png`` (an alpha sweep). Every file is written to a temporary name and renamed. ``--logdir`` also
-writes the metrics (and figures) to TensorBoard.
+(similarity), ``<stem>.wise_ft.png`` (an alpha sweep). Every file is written to a temporary
+name and renamed. ``--logdir`` also writes the metrics (and figures) to TensorBoard.
 
 Zero-shot classification scores are cosine similarities with prompt-ensembled class embeddings
 (``keras_clip.zero_shot``): ``--ensemble mean`` is OpenAI's recipe (the renormalised mean of
