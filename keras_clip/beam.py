@@ -67,14 +67,15 @@ def _make_handler_class():
         Args:
             model_path: the ``.keras`` file (readable by every worker).
             batch_size: largest batch; every batch is zero-padded to it (one XLA program).
-            jit_compile: XLA-compile the tower, as the local job does.
+            jit_compile: XLA-compile the tower, as the local job does: True, False or
+                ``"auto"`` (XLA unless the model computes in bfloat16).
         """
 
-        def __init__(self, model_path, batch_size=256, jit_compile=True):
+        def __init__(self, model_path, batch_size=256, jit_compile="auto"):
             super().__init__()
             self.model_path = model_path
             self.batch_size = int(batch_size)
-            self.jit_compile = bool(jit_compile)
+            self.jit_compile = jit_compile if jit_compile == "auto" else bool(jit_compile)
 
         def load_model(self):
             os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -165,7 +166,7 @@ def _write_shard(item, staging, shard_size, name_column, dtype, dim):
 
 def run_beam_embedding(model, data, out, runner="DirectRunner", beam_args=(), *,
                        batch_size=256, shard_size=None, dtype="float16", format=None,
-                       image_key=None, caption_key=None, sep="\t", jit_compile=True):
+                       image_key=None, caption_key=None, sep="\t", jit_compile="auto"):
     """Runs the embedding job as a Beam pipeline (see the module docstring).
 
     Args:
@@ -257,7 +258,7 @@ def main(argv=None):
             args.model, data, args.out, runner=args.runner, beam_args=beam_args,
             batch_size=args.batch_size, shard_size=args.shard_size, dtype=args.dtype,
             format=args.format, image_key=args.image_key, caption_key=args.caption_key,
-            sep=args.sep, jit_compile=not args.no_xla)
+            sep=args.sep, jit_compile=False if args.no_xla else "auto")
     except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, TypeError,
             ImportError) as e:
         print(f"error: {e}", file=sys.stderr)

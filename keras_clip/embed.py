@@ -289,14 +289,29 @@ def load_clip(model, strategy=None):
     return model, None
 
 
-def make_image_encoder(model, jit_compile=True):
+def xla_pays(model):
+    """Whether XLA-compiling ``model``'s towers for inference is the faster choice on this
+    machine: yes in float32, no when the compute dtype is bfloat16 (``mixed_bfloat16``), where
+    XLA's CPU dots run at about half the speed of TensorFlow's oneDNN bf16 matmuls (measured
+    for ViT-B/32 at batch 32: 21.8 images/s through XLA vs 33.0 in TensorFlow's graph;
+    BENCHMARKS.md "CLIP inference at real sizes")."""
+    return model.dtype_policy.compute_dtype != "bfloat16"
+
+
+def make_image_encoder(model, jit_compile="auto"):
     """``images (B, S, S, 3) float32 → L2-normalised float32 (B, embed_dim)``, a tf.function
-    (XLA-compiled with ``jit_compile``) — the per-replica step of the job."""
+    (XLA-compiled with ``jit_compile``) — the per-replica step of the job.
+
+    ``jit_compile``: True, False, or ``"auto"`` (default): XLA unless the model computes in
+    bfloat16 (see `xla_pays`)."""
     import tensorflow as tf
 
     from keras_clip.model import l2_normalize
 
-    @tf.function(jit_compile=jit_compile, reduce_retracing=True)
+    if jit_compile == "auto":
+        jit_compile = xla_pays(model)
+
+    @tf.function(jit_compile=bool(jit_compile), reduce_retracing=True)
     def encode(images):
         return l2_normalize(tf.cast(model.encode_image(images, training=False), tf.float32))
 
@@ -463,7 +478,7 @@ def check_sizes(batch_size, shard_size, dtype, replicas=1):
 # The job
 
 def embed_images(model, data, out, *, batch_size=256, shard_size=None, dtype="float16",
-                 strategy="mirrored", cpu_replicas=None, jit_compile=True, format=None,
+                 strategy="mirrored", cpu_replicas=None, jit_compile="auto", format=None,
                  image_key=None, caption_key=None, sep="\t", progress=True, on_batch=None):
     """Embeds every image of ``data`` with ``model``'s image tower into ``out`` (see the module
     docstring for the layout); resumes an interrupted run of the same job.
@@ -480,7 +495,8 @@ def embed_images(model, data, out, *, batch_size=256, shard_size=None, dtype="fl
         strategy: ``"mirrored"`` (MirroredStrategy over the local GPUs, else the CPU) or
             ``"default"``, or a ``tf.distribute.Strategy``; ``cpu_replicas`` splits the CPU
             into that many logical devices (tests).
-        jit_compile: XLA-compile the per-replica image tower.
+        jit_compile: XLA-compile the per-replica image tower: True, False or ``"auto"``
+            (XLA unless the model computes in bfloat16; see `xla_pays`).
         image_key, caption_key, sep: reader options (TFRecord feature / WebDataset extension /
             TSV column names; TSV separator).
         progress: show a tqdm progress bar (images/s, ETA when the record count is known).
@@ -638,7 +654,7 @@ def build_parser(prog="python -m keras_clip.embed"):
                         help="mirrored: MirroredStrategy over the local GPUs (else the CPU)")
     parser.add_argument("--cpu-replicas", type=cli.positive_int,
                         help="split the CPU into N logical devices (testing multi-replica runs)")
-    parser.add_argument("--no-xla", action="store_true", help="do not XLA-compile the tower")
+    parser.add_argument("--no-xla", action="store_true", help="do not XLA-compile the tower (by default it is, unless the model computes in bfloat16)")
     parser.add_argument("--image-key", help="TFRecord image feature / WebDataset image "
                                             "extension / TSV image column")
     parser.add_argument("--caption-key", help="TFRecord caption feature / WebDataset caption "
@@ -656,7 +672,7 @@ def main(argv=None):
         manifest = embed_images(
             args.model, data, args.out, batch_size=args.batch_size, shard_size=args.shard_size,
             dtype=args.dtype, strategy=args.strategy, cpu_replicas=args.cpu_replicas,
-            jit_compile=not args.no_xla, format=args.format, image_key=args.image_key,
+            jit_compile=False if args.no_xla else "auto", format=args.format, image_key=args.image_key,
             caption_key=args.caption_key, sep=args.sep, progress=not args.no_progress)
     except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -304,3 +304,32 @@ def test_a_resume_removes_the_temporary_files_a_killed_write_left(tmp_path):
     assert finished_shards(str(staging)) == []
     assert sorted(p.name for p in (staging / "metadata").iterdir()) == []
     assert sorted(p.name for p in (staging / "img_emb").iterdir()) == ["img_emb_00000.npy"]
+
+
+def test_image_encoder_uses_xla_in_float32_and_the_graph_in_bfloat16(model):
+    """jit_compile="auto": XLA for a float32 model, TensorFlow's graph (oneDNN's bf16 matmuls)
+    for a mixed_bfloat16 one; either way the same normalised float32 embeddings."""
+    import keras
+
+    from keras_clip.embed import make_image_encoder, xla_pays
+
+    images = np.random.default_rng(0).uniform(-1, 1, (2, model.image_size, model.image_size,
+                                                      3)).astype(np.float32)
+    encode = make_image_encoder(model)
+    assert xla_pays(model) and encode._jit_compile is True
+    np.testing.assert_allclose(encode(images).numpy(),
+                               make_image_encoder(model, jit_compile=False)(images).numpy(),
+                               atol=1e-5)
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        bf16 = CLIP.from_preset("ViT-Tiny")
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    bf16.set_weights(model.get_weights())
+    encode = make_image_encoder(bf16)
+    assert not xla_pays(bf16) and encode._jit_compile is False
+    out = encode(images).numpy()
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(out, make_image_encoder(model)(images).numpy(), atol=0.05)
+    assert make_image_encoder(bf16, jit_compile=True)._jit_compile is True
