@@ -137,3 +137,45 @@ def test_xla_optimizer_update_equals_keras_own_adamw_update(tmp_path):
     # of it keyed by a tuple once made SavedModel export fail; found by the search-page test).
     from export.saved_model import export_clip
     export_clip(models[1], str(tmp_path / "clip"), warmup=False)
+
+
+@pytest.mark.parametrize("image_size,patch_size", [(32, 8), (30, 8), (64, 32)])
+def test_patch_embedding_as_matmul_equals_the_strided_convolution(image_size, patch_size):
+    """VisionTransformer.embed_patches (the patches flattened, one matmul with conv1's kernel)
+    gives conv1's output and the same gradients, also when the image size is not a multiple of
+    the patch size (VALID padding drops the remainder); and under mixed_bfloat16."""
+    import tensorflow as tf
+
+    from keras_clip.vision.vit import VisionTransformer
+
+    vit = VisionTransformer(image_size=image_size, patch_size=patch_size, width=16,
+                            num_layers=1, num_heads=2, output_dim=8)
+    vit.build()
+    x = tf.constant(np.random.default_rng(0).standard_normal(
+        (3, image_size, image_size, 3)).astype(np.float32))
+    grid = image_size // patch_size
+    w = np.random.default_rng(1).standard_normal((grid * grid, 16)).astype(np.float32)
+
+    def run(f):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            y = f(x)
+            loss = tf.reduce_sum(y * w)
+        return (y.numpy(), tape.gradient(loss, x).numpy(),
+                tape.gradient(loss, vit.conv1.kernel.value).numpy())
+
+    ours = run(vit.embed_patches)
+    conv = run(lambda t: tf.reshape(vit.conv1(t), (3, grid * grid, 16)))
+    for a, b in zip(ours, conv):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        bf16 = VisionTransformer(image_size=image_size, patch_size=patch_size, width=16,
+                                 num_layers=1, num_heads=2, output_dim=8)
+        bf16.build()
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    bf16.set_weights(vit.get_weights())
+    out = bf16.embed_patches(x)
+    assert out.dtype == tf.bfloat16
+    np.testing.assert_allclose(out.numpy().astype(np.float32), ours[0], rtol=0.05, atol=0.05)
