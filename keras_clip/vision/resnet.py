@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_clip.layers.attention import MultiHeadAttention
+from keras_clip.layers.batch_normalization import BatchNorm
 
 
 def _conv(filters, kernel_size, name, policy, strides=1):
@@ -12,8 +13,9 @@ def _conv(filters, kernel_size, name, policy, strides=1):
 
 
 def _bn(name, policy, zero_gamma=False):
-    # torch BatchNorm2d: eps 1e-5, momentum 0.1 (Keras momentum = 1 - 0.1).
-    return keras.layers.BatchNormalization(
+    # torch BatchNorm2d: eps 1e-5, momentum 0.1 (Keras momentum = 1 - 0.1); trains through
+    # TensorFlow's fused kernel (BatchNorm).
+    return BatchNorm(
         epsilon=1e-5, momentum=0.9, name=name, dtype=policy,
         gamma_initializer="zeros" if zero_gamma else "ones")
 
