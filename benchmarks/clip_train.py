@@ -67,6 +67,12 @@ ROWS = {
 }
 
 
+# The targets of issue 18 as (row, against) pairs, reported per repetition (`fair_runner.paired_table`).
+PAIRS = [(ours, torch) for ours in ("ours-noxla", "ours-xla")
+         for torch in ("torch-eager", "torch-compile")] + [
+    ("ours-bf16-noxla", "ours-noxla"), ("ours-bf16-noxla", "torch-bf16")]
+
+
 def total_steps(c):
     return 1 + c["warmup"] + c["steps"]
 
@@ -151,6 +157,10 @@ def report(data, rows):
             lines += fr.speed_table(data, rows, preset, b, "train", flops, "samples",
                                     "first step", extra=[("loss", lambda ok: fr.fmt(
                                         [r["loss"] for r in ok], 4))])
+            pairs = [(r, o) for r, o in PAIRS if r in a["rows"] and o in a["rows"]]
+            if pairs:
+                lines += ["", "Paired within each repetition:", ""]
+                lines += fr.paired_table(data, ROWS, preset, b, "train", pairs, flops)
             lines.append("")
     return "\n".join(lines)
 

@@ -48,6 +48,8 @@ def parse(doc, rows, batch_sizes, steps, warmup):
     p.add_argument("--python", default=sys.executable, help="interpreter of every child")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per child")
     p.add_argument("--output", default="", help="JSON file of every raw measurement")
+    p.add_argument("--report-from", default="", metavar="JSON",
+                   help="print the report of an earlier run's --output file; run nothing")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return p.parse_args()
 
@@ -461,6 +463,37 @@ def speed_table(data, rows, preset, b, measure, flops_per_item, unit, first_name
     return lines
 
 
+def paired_table(data, rows, preset, b, measure, pairs, flops_per_item=None):
+    """Ratios taken within each repetition, where the two rows ran minutes apart in the same
+    conditions (robust when the host's speed drifts between repetitions, which moves medians of
+    separate rows): per pair (row, against) the median (min–max) over repetitions of row's
+    items/s ÷ against's; with ``flops_per_item`` also each row's GFLOP/s as a % of the matmul
+    peak its framework measured in the same repetition."""
+    def by_rep(row):
+        return {c["rep"]: c["result"][measure]["n"] * b / c["result"][measure]["timed_s"]
+                for c in data["cells"] if (c["preset"], c["batch"], c["row"]) == (preset, b, row)
+                and measure in c["result"]}
+    lines = ["| row | against | ratio, per repetition |", "|---|---|---|"]
+    for row, against in pairs:
+        mine, theirs = by_rep(row), by_rep(against)
+        ratios = [mine[r] / theirs[r] for r in sorted(mine) if r in theirs]
+        if ratios:
+            lines.append(f"| {rows[row]['label']} | {rows[against]['label']} | "
+                         f"{fmt(ratios, 2)} |")
+    if not flops_per_item:
+        return lines
+    lines += ["", "| row | % of the same repetition's matmul peak |", "|---|---|"]
+    for key in data["args"]["rows"]:
+        row, rate = rows[key], by_rep(key)
+        prec = "bf16" if row.get("bf16") else "fp32"
+        peak = {p["rep"]: p["result"][prec] for p in data["peaks"]
+                if p["framework"] == row["framework"] and "error" not in p["result"]}
+        shares = [100 * rate[r] * flops_per_item / 1e9 / peak[r] for r in sorted(rate) if r in peak]
+        if shares:
+            lines.append(f"| {row['label']} | {fmt(shares, 0)}% |")
+    return lines
+
+
 def finish(data, text, output):
     """Prints the report; writes the raw data to ``output`` (JSON) if given."""
     print(text)
@@ -476,6 +509,11 @@ def main(script, doc, rows, children, report, **defaults):
     args = parse(doc, rows, **defaults)
     if args.child:
         return child_main(json.loads(args.child), children)
+    if args.report_from:
+        with open(args.report_from) as f:
+            data = json.load(f)
+        print(report(data, rows))
+        return
     t0 = time.perf_counter()
     data = run(args, script, rows)
     data["wall_s"] = time.perf_counter() - t0
