@@ -67,7 +67,7 @@ ROWS = {
 }
 
 
-# The targets of issue 18 as (row, against) pairs, reported per repetition (`fair_runner.paired_table`).
+# Issue 18's targets as (row, against) pairs, reported per repetition (fair_runner.paired_table).
 PAIRS = [(ours, torch) for ours in ("ours-noxla", "ours-xla")
          for torch in ("torch-eager", "torch-compile")] + [
     ("ours-bf16-noxla", "ours-noxla"), ("ours-bf16-noxla", "torch-bf16")]

@@ -365,12 +365,17 @@ def fmt(values, digits=1):
     return f"{m:.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
 
 
+def peaks_by_rep(data, framework):
+    """{repetition: the peak child's result} of ``framework``, repetitions whose peak ran."""
+    return {p["rep"]: p["result"] for p in data["peaks"]
+            if p["framework"] == framework and "error" not in p["result"]}
+
+
 def peaks(data):
     """{framework: {precision: median GFLOP/s over repetitions}}."""
     out = {}
     for fw in ("tf", "torch"):
-        ok = [p["result"] for p in data["peaks"]
-              if p["framework"] == fw and "error" not in p["result"]]
+        ok = list(peaks_by_rep(data, fw).values())
         out[fw] = {prec: statistics.median([r[prec] for r in ok]) if ok else None
                    for prec in ("fp32", "bf16")}
     return out
@@ -425,16 +430,25 @@ def _num(x, scale=1.0, digits=1):
     return "n/a" if x is None else f"{x / scale:.{digits}f}"
 
 
+def cells(data, preset, b, row):
+    """The child records (``rep``, ``result``, …) of one row at one preset and batch size."""
+    return [c for c in data["cells"] if (c["preset"], c["batch"], c["row"]) == (preset, b, row)]
+
+
+def items_per_s(result, measure, b):
+    """A child's items/s over the timed steps (calls) of ``measure``; batch size ``b``."""
+    return result[measure]["n"] * b / result[measure]["timed_s"]
+
+
 def rates(data, preset, b, row, measure):
     """Per repetition of a cell: items/s over the timed steps of ``measure`` and the first
     step's seconds; the results that have them; the others' error or "n/a" reason."""
-    cells = [c["result"] for c in data["cells"]
-             if (c["preset"], c["batch"], c["row"]) == (preset, b, row)]
-    ok = [r for r in cells if measure in r]
-    return ([r[measure]["n"] * b / r[measure]["timed_s"] for r in ok],
+    results = [c["result"] for c in cells(data, preset, b, row)]
+    ok = [r for r in results if measure in r]
+    return ([items_per_s(r, measure, b) for r in ok],
             [r[measure]["first_s"] for r in ok], ok,
             [f"n/a: {r['na']}" if "na" in r else f"failed: {r.get('error')}"
-             for r in cells if measure not in r])
+             for r in results if measure not in r])
 
 
 def speed_table(data, rows, preset, b, measure, flops_per_item, unit, first_name, extra=()):
@@ -470,9 +484,8 @@ def paired_table(data, rows, preset, b, measure, pairs, flops_per_item=None):
     items/s ÷ against's; with ``flops_per_item`` also each row's GFLOP/s as a % of the matmul
     peak its framework measured in the same repetition."""
     def by_rep(row):
-        return {c["rep"]: c["result"][measure]["n"] * b / c["result"][measure]["timed_s"]
-                for c in data["cells"] if (c["preset"], c["batch"], c["row"]) == (preset, b, row)
-                and measure in c["result"]}
+        return {c["rep"]: items_per_s(c["result"], measure, b)
+                for c in cells(data, preset, b, row) if measure in c["result"]}
     lines = ["| row | against | ratio, per repetition |", "|---|---|---|"]
     for row, against in pairs:
         mine, theirs = by_rep(row), by_rep(against)
@@ -486,8 +499,7 @@ def paired_table(data, rows, preset, b, measure, pairs, flops_per_item=None):
     for key in data["args"]["rows"]:
         row, rate = rows[key], by_rep(key)
         prec = "bf16" if row.get("bf16") else "fp32"
-        peak = {p["rep"]: p["result"][prec] for p in data["peaks"]
-                if p["framework"] == row["framework"] and "error" not in p["result"]}
+        peak = {rep: r[prec] for rep, r in peaks_by_rep(data, row["framework"]).items()}
         shares = [100 * rate[r] * flops_per_item / 1e9 / peak[r] for r in sorted(rate) if r in peak]
         if shares:
             lines.append(f"| {row['label']} | {fmt(shares, 0)}% |")
