@@ -24,10 +24,10 @@ def _pair(shape, dtype="float32", epsilon=1e-5, seed=0):
     return ours, ref
 
 
-def _grads(layer, x, w):
+def _grads(layer, x, w, **kwargs):
     with tf.GradientTape() as tape:
         tape.watch(x)
-        y = layer(x)
+        y = layer(x, **kwargs)
         loss = tf.reduce_sum(tf.cast(y, tf.float32) * w)
     return (y, *tape.gradient(loss, [x, layer.gamma, layer.beta]))
 
@@ -65,6 +65,46 @@ def test_layer_norm_under_mixed_bfloat16_keeps_float32_statistics_and_weights():
     for g, r in zip(got[1:], want[1:]):  # the input gradient is rounded to bfloat16 (8 bits)
         np.testing.assert_allclose(tf.cast(g, tf.float32).numpy(), tf.cast(r, tf.float32).numpy(),
                                    rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 64), (5, 32), (2, 3, 4, 16)])
+def test_layer_norm_in_training_runs_xla_kernels_equal_to_keras(shape):
+    ours, ref = _pair(shape)
+    rng = np.random.default_rng(7)
+    x = tf.constant(rng.standard_normal(shape) * 3 + 1, tf.float32)
+    w = tf.constant(rng.standard_normal(shape), tf.float32)
+    want = _grads(ref, x, w)
+    eager = _grads(ours, x, w, training=True)
+    graph = tf.function(lambda x, w: _grads(ours, x, w, training=True))(x, w)
+    for got in (eager, graph):
+        for g, r, name in zip(got, want, ("y", "x", "gamma", "beta")):
+            np.testing.assert_allclose(g.numpy(), r.numpy(), rtol=1e-5, atol=2e-5, err_msg=name)
+    # the training call really goes through the XLA kernels (an XlaLaunch-compiled call)
+    graph_def = tf.function(lambda x: ours(x, training=True)).get_concrete_function(x).graph
+    called = [op for op in graph_def.get_operations() if op.type in ("StatefulPartitionedCall",
+                                                                     "PartitionedCall")]
+    assert any(op.get_attr("_XlaMustCompile") for op in called
+               if "_XlaMustCompile" in op.node_def.attr)
+
+
+def test_layer_norm_training_kernels_under_mixed_bfloat16():
+    ours, ref = _pair((4, 9, 32), dtype="mixed_bfloat16")
+    x = tf.cast(tf.random.stateless_normal((4, 9, 32), seed=(3, 4)) * 2, tf.bfloat16)
+    w = tf.random.stateless_normal((4, 9, 32), seed=(5, 6))
+    got, want = _grads(ours, x, w, training=True), _grads(ref, x, w)
+    assert got[0].dtype == tf.bfloat16 and got[1].dtype == tf.bfloat16
+    assert got[2].dtype == tf.float32  # gamma's gradient, like the variable
+    for g, r in zip(got, want):  # outputs and the input gradient are bfloat16 (8 bits)
+        np.testing.assert_allclose(tf.cast(g, tf.float32).numpy(), tf.cast(r, tf.float32).numpy(),
+                                   rtol=2e-2, atol=3e-2)
+
+
+def test_layer_norm_training_gradient_matches_finite_differences():
+    ours, _ = _pair((2, 8), dtype="float64")
+    x = tf.constant(np.random.default_rng(2).standard_normal((2, 8)), tf.float64)
+    theoretical, numerical = tf.test.compute_gradient(
+        lambda t: tf.cast(ours(t, training=True), tf.float64), [x], delta=1e-3)
+    np.testing.assert_allclose(theoretical[0], numerical[0], atol=2e-3)
 
 
 def test_layer_norm_other_settings_fall_back_to_keras():
