@@ -6,8 +6,10 @@ threads 2, inter-op 1); ``--warmup`` `train_on_batch` steps run first (tracing, 
 then ``--steps`` steps run under ``tf.profiler.experimental``; the trace is read with xprof's
 ``framework_op_stats`` tool (``pip install xprof``; in the reference venv) and printed as the
 op types and the single ops with the most self time, per step, with the wall time of the
-profiled steps. XLA clusters (``--xla-towers``) show as one op each; their inside needs
-``trace_viewer`` (see BENCHMARKS.md).
+profiled steps, then a second table from the same trace read with ``trace_viewer`` (every
+op on TensorFlow's compute thread and every XLA kernel on the Eigen threads: the fused
+activations, the optimizer's update, the towers with ``--xla-towers``), which framework_op_stats
+only partly attributes.
 
     .venv-ref/bin/python benchmarks/clip_profile.py ViT-B-32 16 --mixed-precision
     .venv-ref/bin/python benchmarks/clip_profile.py RN50 16 --xla-towers --logdir /tmp/prof
@@ -48,6 +50,43 @@ def op_stats(logdir):
                          occurrences=int(row.get("occurrences") or 0),
                          self_time_us=float(row.get("total_self_time") or 0.0)))
     return rows
+
+
+# Events of the trace that wrap others (executor regions, XLA launches and waits): left out of
+# trace_times so that nothing is counted twice.
+_WRAPPERS = {"Region", "Process", "Start", "ExecuteAsyncOnStream", "BlockUntilReady", "Execute",
+             "Done", "Run"}
+
+
+def trace_times(logdir):
+    """Totals per op name from xprof's ``trace_viewer`` tool: the complete events on
+    TensorFlow's compute threads (``tf_Compute``: the graph's ops, one at a time with inter-op
+    1; small XLA kernels run there too) and on the Eigen pool's threads (``tf_numa…Eigen``: XLA's
+    kernels), XLA fusions' ".N" suffixes dropped, wrappers left out. framework_op_stats attributes only part of a step on this
+    TensorFlow (ops inside XLA launches and several element-wise ops are missing); the trace
+    has them. Returns {("compute thread" | "Eigen pool", name): [microseconds, count]}."""
+    import re
+
+    from xprof.convert import raw_to_tool_data
+    paths = sorted(glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb")))
+    data, _ = raw_to_tool_data.xspace_to_tool_data([paths[-1]], "trace_viewer", {})
+    events = json.loads(data.decode() if isinstance(data, bytes) else data)["traceEvents"]
+    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+               if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    acc = collections.defaultdict(lambda: [0.0, 0])
+    for e in events:
+        thread = threads.get((e.get("pid"), e.get("tid")), "")
+        group = ("compute thread" if thread.startswith("tf_Compute")
+                 else "Eigen pool" if "Eigen" in thread else None)
+        if e.get("ph") != "X" or group is None:
+            continue
+        name = e["name"].split(":")[-1]
+        if name in _WRAPPERS:
+            continue
+        name = re.sub(r"\.\d+$", "", name)  # XLA's fusions, wherever they run
+        acc[(group, name)][0] += e.get("dur", 0)
+        acc[(group, name)][1] += 1
+    return acc
 
 
 def summarise(rows, steps, top):
@@ -106,10 +145,21 @@ def main():
         print(f"\n| {heading} | ms/step | share | calls/step |\n|---|---|---|---|")
         for name, ms, share, n in ranked:
             print(f"| {name} | {ms:.1f} | {100 * share:.1f}% | {n:g} |")
+    trace = sorted(trace_times(logdir).items(), key=lambda kv: -kv[1][0])
+    print(f"\nFrom the trace (trace_viewer), per step: TensorFlow's compute thread (the graph's "
+          f"ops and small XLA kernels) and the Eigen pool (larger XLA kernels, on two threads, "
+          f"so their times add up to as much as 2× their wall time):\n")
+    print("| where | op | ms/step | calls/step |\n|---|---|---|---|")
+    for (group, name), (us, n) in trace[:args.top]:
+        print(f"| {group} | {name} | {us / 1e3 / args.steps:.1f} | {n / args.steps:g} |")
+    for group in ("compute thread", "Eigen pool"):
+        total = sum(v[0] for (g, _), v in trace if g == group) / 1e3 / args.steps
+        print(f"| {group} | all | {total:.1f} | |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(title=title, wall_s=wall, op_ms=total_ms, by_type=by_type,
-                           by_op=by_op), f, indent=1)
+                           by_op=by_op, trace=[[g, n, us / args.steps, c / args.steps]
+                                               for (g, n), (us, c) in trace]), f, indent=1)
 
 
 if __name__ == "__main__":
