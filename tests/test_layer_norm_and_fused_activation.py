@@ -24,6 +24,13 @@ def _pair(shape, dtype="float32", epsilon=1e-5, seed=0):
     return ours, ref
 
 
+def _inputs(shape, seed):
+    """An input x (mean 1, std 3) and the loss weights w, float32."""
+    rng = np.random.default_rng(seed)
+    return (tf.constant(rng.standard_normal(shape) * 3 + 1, tf.float32),
+            tf.constant(rng.standard_normal(shape), tf.float32))
+
+
 def _grads(layer, x, w, **kwargs):
     with tf.GradientTape() as tape:
         tape.watch(x)
@@ -35,9 +42,7 @@ def _grads(layer, x, w, **kwargs):
 @pytest.mark.parametrize("shape", [(3, 7, 64), (5, 32), (2, 3, 4, 16)])
 def test_layer_norm_forward_is_bit_identical_to_keras_and_gradients_agree(shape):
     ours, ref = _pair(shape)
-    rng = np.random.default_rng(1)
-    x = tf.constant(rng.standard_normal(shape) * 3 + 1, tf.float32)
-    w = tf.constant(rng.standard_normal(shape), tf.float32)
+    x, w = _inputs(shape, seed=1)
     got, want = _grads(ours, x, w), _grads(ref, x, w)
     np.testing.assert_array_equal(got[0].numpy(), want[0].numpy())  # same formula, same rounding
     for g, r, name in zip(got[1:], want[1:], ("x", "gamma", "beta")):
@@ -70,9 +75,7 @@ def test_layer_norm_under_mixed_bfloat16_keeps_float32_statistics_and_weights():
 @pytest.mark.parametrize("shape", [(3, 7, 64), (5, 32), (2, 3, 4, 16)])
 def test_layer_norm_in_training_runs_xla_kernels_equal_to_keras(shape):
     ours, ref = _pair(shape)
-    rng = np.random.default_rng(7)
-    x = tf.constant(rng.standard_normal(shape) * 3 + 1, tf.float32)
-    w = tf.constant(rng.standard_normal(shape), tf.float32)
+    x, w = _inputs(shape, seed=7)
     want = _grads(ref, x, w)
     eager = _grads(ours, x, w, training=True)
     graph = tf.function(lambda x, w: _grads(ours, x, w, training=True))(x, w)
