@@ -25,7 +25,7 @@ class LayerNorm(keras.layers.LayerNormalization):
     115 ms vs 140 ms (`benchmarks/clip_elementwise.py`, BENCHMARKS.md).
 
     In training (``training=True``, as `fit` calls it) the forward pass and the backward pass
-    each run as one XLA kernel (`_fused_layer_norm`; the same formulas, equal to the graph ops
+    each run as one XLA kernel (`_xla_kernels`; the same formulas, equal to the graph ops
     within float rounding, since XLA may contract multiply-adds): TensorFlow otherwise runs
     every element-wise op and reduction as its own pass with its own dispatch. Inference,
     SavedModel and TFLite exports keep the plain ops (bit-identical to Keras).
@@ -43,49 +43,19 @@ class LayerNorm(keras.layers.LayerNormalization):
                 and self.scale and not self.rms_scaling):
             return super().call(inputs)
         stats = tf.float64 if inputs.dtype == tf.float64 else tf.float32  # as Keras': ≥ float32
-        norm = _fused_layer_norm if training else _layer_norm_last_axis
-        y = norm(inputs, tf.cast(self.gamma, stats), tf.cast(self.beta, stats),
-                 float(self.epsilon))
-        return tf.cast(y, self.compute_dtype)
+        return _layer_norm_last_axis(inputs, tf.cast(self.gamma, stats), tf.cast(self.beta, stats),
+                                     float(self.epsilon), self.compute_dtype, xla=bool(training))
 
 
-def _layer_norm_last_axis(x, gamma, beta, epsilon):
-    """Layer norm of ``x`` (..., D) over its last axis with ``gamma``, ``beta`` (D,) of the
-    statistics' dtype (float32, or float64 for float64 inputs); returns (..., D) in that dtype.
-    Differentiable in all three (see `LayerNorm`)."""
-
-    @tf.custom_gradient
-    def forward(x, gamma, beta):
-        xf = tf.cast(x, gamma.dtype)
-        mean = tf.reduce_mean(xf, axis=-1, keepdims=True)  # (..., 1)
-        variance = tf.reduce_mean(tf.math.squared_difference(xf, mean), axis=-1, keepdims=True)
-        rstd = tf.math.rsqrt(variance + epsilon)  # (..., 1)
-        inv = rstd * gamma  # (..., D)
-        y = xf * inv + (beta - mean * inv)
-
-        def grad(dy):
-            dy = tf.cast(dy, gamma.dtype)
-            x_hat = (xf - mean) * rstd
-            g = dy * gamma
-            dx = rstd * (g - tf.reduce_mean(g, axis=-1, keepdims=True)
-                         - x_hat * tf.reduce_mean(g * x_hat, axis=-1, keepdims=True))
-            outer = tf.range(tf.rank(dy) - 1)  # every axis but the features
-            return (tf.cast(dx, x.dtype), tf.reduce_sum(dy * x_hat, axis=outer),
-                    tf.reduce_sum(dy, axis=outer))
-
-        return y, grad
-
-    return forward(x, gamma, beta)
-
-
-def _ln_forward(x, gamma, beta, epsilon):
-    """(y in x's dtype, mean, rstd) of a last-axis layer norm; the statistics in gamma's dtype."""
+def _ln_forward(x, gamma, beta, epsilon, out_dtype):
+    """(y in ``out_dtype``, mean, rstd) of a last-axis layer norm: Keras' formula, with the
+    statistics in gamma's dtype."""
     xf = tf.cast(x, gamma.dtype)
     mean = tf.reduce_mean(xf, axis=-1, keepdims=True)  # (..., 1)
     variance = tf.reduce_mean(tf.math.squared_difference(xf, mean), axis=-1, keepdims=True)
     rstd = tf.math.rsqrt(variance + epsilon)  # (..., 1)
     inv = rstd * gamma  # (..., D)
-    return tf.cast(xf * inv + (beta - mean * inv), x.dtype), mean, rstd
+    return tf.cast(xf * inv + (beta - mean * inv), out_dtype), mean, rstd
 
 
 def _ln_backward(x, dy, mean, rstd, gamma):
@@ -108,17 +78,19 @@ def _xla_kernels():
             tf.function(_ln_backward, jit_compile=True, reduce_retracing=True))
 
 
-def _fused_layer_norm(x, gamma, beta, epsilon):
-    """`_layer_norm_last_axis` with its forward and backward passes as one XLA kernel each;
-    returns y in x's dtype. Used in training (see `LayerNorm`)."""
-    forward_kernel, backward_kernel = _xla_kernels()
+def _layer_norm_last_axis(x, gamma, beta, epsilon, out_dtype, xla=False):
+    """Layer norm of ``x`` (..., D) over its last axis with ``gamma``, ``beta`` (D,) of the
+    statistics' dtype (float32, or float64 for float64 inputs); returns (..., D) in
+    ``out_dtype``. Differentiable in all three (see `LayerNorm`). With ``xla`` the forward and
+    backward passes run as one XLA kernel each (`_xla_kernels`), otherwise as graph ops."""
+    forward_pass, backward_pass = _xla_kernels() if xla else (_ln_forward, _ln_backward)
 
     @tf.custom_gradient
     def forward(x, gamma, beta):
-        y, mean, rstd = forward_kernel(x, gamma, beta, epsilon)
+        y, mean, rstd = forward_pass(x, gamma, beta, epsilon, out_dtype)
 
         def grad(dy):
-            return backward_kernel(x, dy, mean, rstd, gamma)
+            return backward_pass(x, dy, mean, rstd, gamma)
 
         return y, grad
 
