@@ -1,6 +1,7 @@
 """The element-wise parts of a ViT-B/32 CLIP training step, forward + backward, at batch 16 (issue
 18): Keras' LayerNormalization vs keras_clip.layers.LayerNorm (hand-written gradient; in training
-its forward and backward passes as one XLA kernel each), and the QuickGELU activation as plain TensorFlow ops vs as one XLA kernel (``fused_activation``).
+its forward and backward passes as one XLA kernel each), and the QuickGELU activation as plain
+TensorFlow ops vs as one XLA kernel (``fused_activation``).
 
     .venv/bin/python benchmarks/clip_elementwise.py --reps 7          # float32 and mixed_bfloat16
 

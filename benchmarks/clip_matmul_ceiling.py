@@ -6,7 +6,8 @@ The fair benchmark (`clip_train.py`) rates a step by the 2048² @ 2048² matmul 
 own matmuls are smaller (ViT-B/32 at batch 16: 800 × 768 @ 768 × 3072 and the like) and their
 backward passes transposed, and oneDNN runs them below that peak even alone. This script traces
 the forward + backward pass of `clip_train.py`'s "ours" model (TensorFlow's graph, float32 unless
-``--mixed-precision``; the same function as `clip_step_breakdown.py`'s forward + backward),
+``--mixed-precision``; `fair_runner.towers_forward_backward`, which `clip_step_breakdown.py`
+times),
 lists every MatMul, BatchMatMul and Conv2D op (forward and gradient) with its static shapes,
 runs each distinct op alone (its own tf.function, inputs random, enough copies per call to take
 ≥ 20 ms, median of ``--reps`` calls), and prints, in one process with TensorFlow's intra-op
@@ -86,8 +87,8 @@ def op_flops(op_type, shapes, out_shape, attrs):
 
 def collect(graph):
     """[(key, op_type, input specs, attrs, flops)] of the matmul/conv ops of ``graph`` that its
-    outputs depend on, and the number of nested function calls not walked. An input spec is ("const", value) for a
-    constant input (a convolution's sizes) or ("random", shape, dtype)."""
+    outputs depend on, and the number of nested function calls not walked. An input spec is
+    ("const", value) for a constant input (a convolution's sizes) or ("random", shape, dtype)."""
     import tensorflow as tf
     # Only ops the outputs depend on: a gradient function also emits products nobody asked
     # for (the images' gradient), which the runtime prunes before running the graph.
@@ -177,10 +178,11 @@ def isolated_seconds(op_type, specs, attrs, copies, reps):
 
 
 def torch_child(path):
-    """Runs in a fresh process (``--torch-child FILE``): times each MatMul / BatchMatMul spec of
-    FILE with torch (threads 2 / inter-op 1, float32 or bfloat16 as given, inference_mode;
-    the transposes as views, which torch hands to its BLAS as flags) and writes the seconds
-    per call back into FILE as "torch_s"."""
+    """Runs in a fresh process (``--torch-child FILE``): times each MatMul / BatchMatMul and
+    VALID NHWC Conv2D spec of FILE with torch (threads 2 / inter-op 1, float32 or bfloat16 as
+    given, inference_mode; the transposes as views, which torch hands to its BLAS as flags; the
+    convolutions in NCHW) and writes FILE back as {"jobs": the specs with "torch_s" (seconds
+    per call; None for the ops torch does not time), "peak": torch's matmul peak}."""
     torch = fr.pin({"threads": 2, "interop": 1, "framework": "torch"})
     with open(path) as f:
         jobs = json.load(f)
@@ -216,9 +218,9 @@ def torch_child(path):
                 call()
                 ts.append(time.perf_counter() - t0)
         job["torch_s"] = statistics.median(ts) / copies
-    job_peak = fr.peak_child({"framework": "torch"})
+    peak = fr.peak_child({"framework": "torch"})
     with open(path + ".tmp", "w") as f:
-        json.dump({"jobs": jobs, "peak": job_peak}, f)
+        json.dump({"jobs": jobs, "peak": peak}, f)
     os.replace(path + ".tmp", path)
 
 
@@ -238,27 +240,17 @@ def main():
     p.add_argument("--json", help="also write the summary here")
     args = p.parse_args()
     tf = fr.pin({"threads": 2, "interop": 1, "framework": "tf"})
-    from keras_clip.model import _tf_variables
     from keras_clip.presets import get_preset
 
     cfg = get_preset(args.preset)
     m, _ = fr.ours_model({"preset": args.preset, "bf16": args.mixed_precision})
     images, ids = (tf.constant(x) for x in fr.synthetic_batch(cfg, args.batch_size))
-    variables = _tf_variables(m.trainable_weights)
-
-    @tf.function
-    def forward_backward():
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(variables)
-            img, txt = m._towers(images, ids, True, tape)
-            loss = m._loss(img, txt)
-        return tape.gradient(loss, variables)
 
     @tf.function
     def forward():
         return m.embed_images(images, False), m.embed_texts(ids, False)
 
-    traced = forward if args.inference else forward_backward
+    traced = forward if args.inference else fr.towers_forward_backward(m, images, ids)
     found, nested = collect(traced.get_concrete_function().graph)
     precision = "bf16" if args.mixed_precision else "fp32"
     peaks = fr.peak_child({"framework": "tf"})
@@ -347,8 +339,9 @@ def main():
     print("|---" * (7 if torch_peak else 6) + "|")
     for j in sorted(jobs, key=lambda j: -j["n"] * j["tf_s"])[:12]:
         a = {k: v for k, v in j["attrs"].items() if v not in (False, [1, 1, 1, 1], [], "NHWC")}
-        line = (f"| {j['n'] * j['tf_s']:.3f} s | {j['n']} | {j['op_type']} | "
-                f"{[sp[1] for sp in j['specs']]} | {a or ''} | {j['flops'] / j['tf_s'] / 1e9:.0f} |")
+        shapes = [sp[1] for sp in j["specs"]]
+        line = (f"| {j['n'] * j['tf_s']:.3f} s | {j['n']} | {j['op_type']} | {shapes} | "
+                f"{a or ''} | {j['flops'] / j['tf_s'] / 1e9:.0f} |")
         if torch_peak:
             line += (f" {j['flops'] / j['torch_s'] / 1e9:.0f} |" if j.get("torch_s") else " — |")
         print(line)

@@ -62,9 +62,10 @@ def trace_times(logdir):
     """Totals per op name from xprof's ``trace_viewer`` tool: the complete events on
     TensorFlow's compute threads (``tf_Compute``: the graph's ops, one at a time with inter-op
     1; small XLA kernels run there too) and on the Eigen pool's threads (``tf_numa…Eigen``: XLA's
-    kernels), XLA fusions' ".N" suffixes dropped, wrappers left out. framework_op_stats attributes only part of a step on this
-    TensorFlow (ops inside XLA launches and several element-wise ops are missing); the trace
-    has them. Returns {("compute thread" | "Eigen pool", name): [microseconds, count]}."""
+    kernels), XLA fusions' ".N" suffixes dropped, wrappers left out. framework_op_stats
+    attributes only part of a step on this TensorFlow (ops inside XLA launches and several
+    element-wise ops are missing); the trace has them. Returns {("compute thread" |
+    "Eigen pool", name): [microseconds, count]}."""
     import re
 
     from xprof.convert import raw_to_tool_data

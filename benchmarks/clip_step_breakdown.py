@@ -36,7 +36,7 @@ def main():
     import keras
     import tensorflow as tf
 
-    from keras_clip.model import CLIP, _tf_variables
+    from keras_clip.model import CLIP
     from keras_clip.optimizer import clip_optimizer
     from keras_clip.presets import get_preset
 
@@ -60,14 +60,7 @@ def main():
             ts.append(time.perf_counter() - t0)
         return statistics.median(ts)
 
-    @tf.function
-    def forward_backward():
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(_tf_variables(variables))
-            img, txt = m._towers(images, ids, True, tape)
-            loss = m._loss(img, txt)
-        return tape.gradient(loss, _tf_variables(variables))
-
+    forward_backward = fr.towers_forward_backward(m, images, ids)
     grads = forward_backward()
     out = {"preset": args.preset, "batch": args.batch_size, "xla_towers": m.xla_towers,
            "xla_optimizer": m.xla_optimizer,

@@ -103,6 +103,25 @@ def ours_model(c):
     return CLIP.from_preset(c["preset"]), keras
 
 
+def towers_forward_backward(model, images, ids):
+    """A tf.function: our train step's forward + backward (both towers as `train_step` runs
+    them, the loss, the gradients of every trainable variable), without the optimizer;
+    `clip_step_breakdown.py` times it, `clip_matmul_ceiling.py` traces it."""
+    import tensorflow as tf
+    from keras_clip.model import _tf_variables
+    variables = _tf_variables(model.trainable_weights)
+
+    @tf.function
+    def forward_backward():
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(variables)
+            img, txt = model._towers(images, ids, True, tape)
+            loss = model._loss(img, txt)
+        return tape.gradient(loss, variables)
+
+    return forward_backward
+
+
 def open_clip_model(cfg):
     """open_clip 3.3.0's CLIP with our preset config ``cfg`` (QuickGELU when our activation is
     quick_gelu, as every preset's: OpenAI's form), random init (seed 0), float32."""
