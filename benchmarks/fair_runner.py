@@ -217,9 +217,12 @@ def flops_child(c):
 
 
 def peak_child(c):
-    """The framework's matmul peak (PEAK_N² @ PEAK_N²), float32 and bfloat16: GFLOP/s of the
-    median of PEAK_CALLS calls after 2 warm-up calls (TensorFlow: the faster of a tf.function
-    and an XLA-compiled one, both given)."""
+    """The framework's matmul peak (PEAK_N² @ PEAK_N²): GFLOP/s of the median of PEAK_CALLS
+    calls after 2 warm-up calls (TensorFlow: the faster of a tf.function and an XLA-compiled
+    one, both given), for each of ``c["precisions"]`` ("fp32", "bf16"; default both). A run
+    without bf16 rows leaves bf16 out: on a CPU without bf16 instructions one bf16 call takes
+    about a minute (torch 2.14, AMD EPYC with AVX2 only: 0.3 GFLOP/s)."""
+    precisions = c.get("precisions", ("fp32", "bf16"))
     def gflops(call):
         call(), call()
         ts = []
@@ -234,6 +237,8 @@ def peak_child(c):
         import tensorflow as tf
         a = tf.random.normal((PEAK_N, PEAK_N), seed=0)
         for name, dtype in (("fp32", tf.float32), ("bf16", tf.bfloat16)):
+            if name not in precisions:
+                continue
             x = tf.cast(a, dtype)
             modes = {mode: gflops(tf.function(lambda: tf.matmul(x, x), jit_compile=mode == "xla"))
                      for mode in ("graph", "xla")}
@@ -243,6 +248,8 @@ def peak_child(c):
     a = torch.randn(PEAK_N, PEAK_N, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            if name not in precisions:
+                continue
             x = a.to(dtype)
             out[name] = gflops(lambda: torch.mm(x, x))
     return dict(out, versions=versions("torch"))
@@ -307,6 +314,7 @@ def run(args, script, rows):
     data = dict(command=command_line(), machine=machine(), args=vars(args), presets={},
                 peaks=[], cells=[])
     keys = list(args.rows)
+    precisions = ["fp32"] + (["bf16"] if any(rows[k].get("bf16") for k in keys) else [])
     for preset in args.presets:
         d = run_child(args, script, dict(child="describe", framework="tf", preset=preset))
         if "error" in d:
@@ -322,7 +330,7 @@ def run(args, script, rows):
               f"forward FLOPs/sample {f['flops']} ({f['method']})", file=sys.stderr, flush=True)
     for rep in range(args.reps):
         for fw in (("tf", "torch") if rep % 2 == 0 else ("torch", "tf")):
-            r = run_child(args, script, dict(child="peak", framework=fw))
+            r = run_child(args, script, dict(child="peak", framework=fw, precisions=precisions))
             data["peaks"].append(dict(rep=rep, framework=fw, result=r))
             print(f"rep {rep + 1}/{args.reps} peak {fw}: {short(r)}", file=sys.stderr, flush=True)
         for preset, d in data["presets"].items():
@@ -395,8 +403,8 @@ def peaks(data):
     out = {}
     for fw in ("tf", "torch"):
         ok = list(peaks_by_rep(data, fw).values())
-        out[fw] = {prec: statistics.median([r[prec] for r in ok]) if ok else None
-                   for prec in ("fp32", "bf16")}
+        out[fw] = {prec: statistics.median([r[prec] for r in ok if prec in r])
+                   if any(prec in r for r in ok) else None for prec in ("fp32", "bf16")}
     return out
 
 
