@@ -63,6 +63,19 @@ def in_multi_worker_mode(strategy):
         strategy.extended._in_multi_worker_mode()
 
 
+def onednn_enabled():
+    """Whether TensorFlow runs its CPU kernels (MatMul, Conv2D, …) with oneDNN in this process.
+
+    Reads ``tensorflow.python.util._pywrap_util_port.IsMklEnabled()``; TensorFlow has no public
+    API for it. Since TF 2.9 the x86 Linux packages turn oneDNN on by default only on CPUs with
+    neural-network instructions (AVX512_VNNI, AVX512_BF16, AVX_VNNI, AMX; TF 2.9 release notes),
+    and ``TF_ENABLE_ONEDNN_OPTS=0/1`` overrides that. Without it TensorFlow's graph matmuls are
+    Eigen's, slower than XLA's CPU dots (`CLIP.compile`'s ``xla_towers="auto"`` uses this).
+    """
+    from tensorflow.python.util import _pywrap_util_port
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
 def regex_split_with_offsets_op():
     """TF Text's raw ``RegexSplitWithOffsets`` op, or None if this TF Text does not expose it.
 

@@ -12,7 +12,8 @@ from keras_clip import locking
 from keras_clip.loss import LOSSES, contrastive_loss, sigmoid_loss
 from keras_clip.preprocessing import normalize_uint8
 from keras_clip.presets import get_preset
-from keras_clip.compat import BuiltInInitModel, build_optimizer_slots, weight_decay_excluded
+from keras_clip.compat import (BuiltInInitModel, build_optimizer_slots, onednn_enabled,
+                               weight_decay_excluded)
 from keras_clip.strategy import replica_logs
 from keras_clip.text.cbow import CBOWTextEncoder
 from keras_clip.text.transformer import TextTransformer
@@ -260,15 +261,18 @@ class CLIP(BuiltInInitModel, keras.Model):
                 micro-batch's backward pass; the forward pass runs twice. BatchNorm (ResNet
                 towers) sees micro-batch statistics, as in open_clip.
             xla_towers: run the per-replica tower forward/backward as one XLA-compiled function
-                (True), as TensorFlow graph ops with oneDNN's kernels (False), or "auto" (the
-                default): XLA under a multi-replica strategy, the graph on one device. Measured
-                (BENCHMARKS.md): XLA 1.98× faster under MirroredStrategy over 2 CPUs
-                (ViT-S-Demo); on one device at ViT-B/32, batch 16, the graph is as fast in
-                float32 (3.7 vs 3.6 samples/s, medians of 5) and 1.8× faster in
+                (True), as TensorFlow graph ops (False), or "auto" (the default): XLA under a
+                multi-replica strategy; on one device the graph where TensorFlow's CPU kernels
+                are oneDNN's (`keras_clip.compat.onednn_enabled`: x86 CPUs with AVX512_VNNI,
+                AVX512_BF16, AVX_VNNI or AMX) or the model computes in bfloat16, XLA otherwise.
+                Measured (BENCHMARKS.md): XLA 1.98× faster under MirroredStrategy over 2 CPUs
+                (ViT-S-Demo); on one device with oneDNN, at ViT-B/32, batch 16, the graph is as
+                fast in float32 (3.7 vs 3.6 samples/s, medians of 5) and 1.8× faster in
                 mixed_bfloat16 (6.2 vs 3.5: XLA's CPU matmuls reach half of TensorFlow's bf16
-                peak). Keras' own ``jit_compile`` would put the whole distributed step into
-                one XLA cluster, which fails under MirroredStrategy and is 9× slower on one
-                device (ViT-B/32).
+                peak); without oneDNN (an AMD EPYC with AVX2 only, float32, batch 16) XLA is
+                1.38× faster at ViT-B/32 and 1.17× at RN50 (paired medians of 5). Keras'
+                own ``jit_compile`` would put the whole distributed step into one XLA cluster,
+                which fails under MirroredStrategy and is 9× slower on one device (ViT-B/32).
             xla_optimizer: without a tf.distribute strategy, apply the optimizer's update as one
                 XLA-compiled function (the same optimizer, its arithmetic fused into a few
                 passes over memory; ViT-B/32's AdamW update over 151M parameters: 0.15 s
@@ -365,7 +369,8 @@ class CLIP(BuiltInInitModel, keras.Model):
         fn = getattr(self, name)
         xla = getattr(self, "xla_towers", False)
         if xla == "auto":  # see compile
-            xla = tf.distribute.get_strategy().num_replicas_in_sync > 1
+            xla = tf.distribute.get_strategy().num_replicas_in_sync > 1 or (
+                not onednn_enabled() and self.dtype_policy.compute_dtype != "bfloat16")
         if not xla:
             return fn
         if getattr(self, "_tower_fns", None) is None:

@@ -346,7 +346,9 @@ def main(argv=None):
     p.add_argument("--mixed-precision", action="store_true", help="mixed_bfloat16, loss in float32")
     p.add_argument("--xla-towers", choices=tuple(XLA_TOWERS), default="auto",
                    help="XLA-compile the per-replica towers: auto (default) = on under a "
-                        "multi-replica strategy, off on one device (faster there at real sizes)")
+                        "multi-replica strategy; on one device off where TensorFlow's CPU "
+                        "kernels are oneDNN's or with --mixed-precision, else on (see "
+                        "CLIP.compile)")
     p.add_argument("--no-xla", action="store_true", help="same as --xla-towers off")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, data and shuffle")
     p.add_argument("--eval-examples", type=non_negative_int, default=1000,

@@ -179,3 +179,49 @@ def test_patch_embedding_as_matmul_equals_the_strided_convolution(image_size, pa
     out = bf16.embed_patches(x)
     assert out.dtype == tf.bfloat16
     np.testing.assert_allclose(out.numpy().astype(np.float32), ours[0], rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("onednn,policy", [(True, "float32"), (False, "float32"),
+                                           (False, "mixed_bfloat16")])
+def test_xla_towers_auto_compiles_the_towers_on_one_device_only_without_onednn(
+        monkeypatch, onednn, policy):
+    """compile(xla_towers="auto") on one device: TensorFlow's graph when its CPU kernels are
+    oneDNN's, one XLA function per tower call in float32 otherwise (Eigen's graph matmuls are
+    the slower ones then); mixed_bfloat16 stays in the graph; the embeddings agree."""
+    import tensorflow as tf
+
+    import keras_clip.model
+
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = CLIP.from_preset("ViT-Tiny")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model.compile(keras.optimizers.SGD(0.1))
+    monkeypatch.setattr(keras_clip.model, "onednn_enabled", lambda: onednn)
+    fn = model._tower_fn("embed_pair")
+    images, ids = _images(model, 2), _tokens(2)
+    if onednn or policy == "mixed_bfloat16":
+        assert fn == model.embed_pair
+    else:
+        assert isinstance(fn, tf.types.experimental.PolymorphicFunction)
+        graph = tf.function(lambda: fn(images, ids, False)).get_concrete_function().graph
+        assert any(op.get_attr("_XlaMustCompile") for op in graph.get_operations()
+                   if "_XlaMustCompile" in op.node_def.attr)
+    for got, want in zip(fn(images, ids, False), model.embed_pair(images, ids, False)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+    model.fit({"images": images, "token_ids": ids}, epochs=1, verbose=0)  # a step either way
+
+
+def test_onednn_enabled_matches_tensorflows_own_report():
+    """`compat.onednn_enabled` is TensorFlow's own flag: a bool, True when TF_ENABLE_ONEDNN_OPTS
+    forces oneDNN on in a fresh process and False when it forces it off."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from keras_clip.compat import onednn_enabled; print(onednn_enabled())"
+    for value, expected in (("1", "True"), ("0", "False")):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=dict(os.environ, TF_ENABLE_ONEDNN_OPTS=value), check=True)
+        assert out.stdout.strip().splitlines()[-1] == expected, (value, out.stdout, out.stderr)
