@@ -289,27 +289,18 @@ def load_clip(model, strategy=None):
     return model, None
 
 
-def xla_pays(model):
-    """Whether XLA-compiling ``model``'s towers for inference is the faster choice on this
-    machine: yes in float32, no when the compute dtype is bfloat16 (``mixed_bfloat16``), where
-    XLA's CPU dots run at about half the speed of TensorFlow's oneDNN bf16 matmuls (measured
-    for ViT-B/32 at batch 32: 21.8 images/s through XLA vs 33.0 in TensorFlow's graph;
-    BENCHMARKS.md "CLIP inference at real sizes")."""
-    return model.dtype_policy.compute_dtype != "bfloat16"
-
-
 def make_image_encoder(model, jit_compile="auto"):
     """``images (B, S, S, 3) float32 → L2-normalised float32 (B, embed_dim)``, a tf.function
     (XLA-compiled with ``jit_compile``) — the per-replica step of the job.
 
     ``jit_compile``: True, False, or ``"auto"`` (default): XLA unless the model computes in
-    bfloat16 (see `xla_pays`)."""
+    bfloat16 (see `keras_clip.model.xla_pays`)."""
     import tensorflow as tf
 
-    from keras_clip.model import l2_normalize
+    from keras_clip.model import l2_normalize, xla_pays
 
     if jit_compile == "auto":
-        jit_compile = xla_pays(model)
+        jit_compile = xla_pays(model, training=False)
 
     @tf.function(jit_compile=bool(jit_compile), reduce_retracing=True)
     def encode(images):
@@ -496,7 +487,7 @@ def embed_images(model, data, out, *, batch_size=256, shard_size=None, dtype="fl
             ``"default"``, or a ``tf.distribute.Strategy``; ``cpu_replicas`` splits the CPU
             into that many logical devices (tests).
         jit_compile: XLA-compile the per-replica image tower: True, False or ``"auto"``
-            (XLA unless the model computes in bfloat16; see `xla_pays`).
+            (XLA unless the model computes in bfloat16; see `keras_clip.model.xla_pays`).
         image_key, caption_key, sep: reader options (TFRecord feature / WebDataset extension /
             TSV column names; TSV separator).
         progress: show a tqdm progress bar (images/s, ETA when the record count is known).

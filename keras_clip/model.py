@@ -71,6 +71,30 @@ class ClipLogitScale(keras.constraints.Constraint):
         return {"max_value": self.max_value}
 
 
+def xla_pays(model, training):
+    """Whether XLA-compiling ``model``'s tower calls is the faster choice on this machine — the
+    rule behind ``CLIP.compile(xla_towers="auto")`` (``training=True``) and
+    `keras_clip.embed`'s ``jit_compile="auto"`` (``training=False``). Returns a bool.
+
+    - Under a multi-replica tf.distribute strategy, training: yes (1.98× the graph under
+      MirroredStrategy over 2 CPUs, ViT-S-Demo).
+    - bfloat16 compute (``mixed_bfloat16``): no — XLA's CPU dots run at about half the speed
+      of TensorFlow's oneDNN bf16 matmuls (ViT-B/32: training at batch 16 6.2 vs 3.5
+      samples/s in the graph's favour; inference at batch 32 33.0 vs 21.8 images/s).
+    - float32 inference: yes.
+    - float32 training on one device: yes only where TensorFlow's CPU kernels are not oneDNN's
+      (`keras_clip.compat.onednn_enabled`); with oneDNN the graph is as fast (ViT-B/32 b16:
+      3.7 vs 3.6 samples/s); without it XLA is 1.38× faster at
+      ViT-B/32 and 1.17× at RN50 (AMD EPYC, AVX2 only, batch 16).
+
+    All numbers: BENCHMARKS.md (medians of 5 repetitions)."""
+    if training and tf.distribute.get_strategy().num_replicas_in_sync > 1:
+        return True
+    if model.dtype_policy.compute_dtype == "bfloat16":
+        return False
+    return not training or not onednn_enabled()
+
+
 @keras.saving.register_keras_serializable(package="keras_clip")
 class CLIP(BuiltInInitModel, keras.Model):
     """OpenAI's CLIP as a Keras model.
@@ -369,8 +393,7 @@ class CLIP(BuiltInInitModel, keras.Model):
         fn = getattr(self, name)
         xla = getattr(self, "xla_towers", False)
         if xla == "auto":  # see compile
-            xla = tf.distribute.get_strategy().num_replicas_in_sync > 1 or (
-                not onednn_enabled() and self.dtype_policy.compute_dtype != "bfloat16")
+            xla = xla_pays(self, training=True)
         if not xla:
             return fn
         if getattr(self, "_tower_fns", None) is None:

@@ -311,12 +311,13 @@ def test_image_encoder_uses_xla_in_float32_and_the_graph_in_bfloat16(model):
     for a mixed_bfloat16 one; either way the same normalised float32 embeddings."""
     import keras
 
-    from keras_clip.embed import make_image_encoder, xla_pays
+    from keras_clip.embed import make_image_encoder
+    from keras_clip.model import xla_pays
 
     images = np.random.default_rng(0).uniform(-1, 1, (2, model.image_size, model.image_size,
                                                       3)).astype(np.float32)
     encode = make_image_encoder(model)
-    assert xla_pays(model) and encode._jit_compile is True
+    assert xla_pays(model, training=False) and encode._jit_compile is True
     np.testing.assert_allclose(encode(images).numpy(),
                                make_image_encoder(model, jit_compile=False)(images).numpy(),
                                atol=1e-5)
@@ -327,7 +328,7 @@ def test_image_encoder_uses_xla_in_float32_and_the_graph_in_bfloat16(model):
         keras.mixed_precision.set_dtype_policy("float32")
     bf16.set_weights(model.get_weights())
     encode = make_image_encoder(bf16)
-    assert not xla_pays(bf16) and encode._jit_compile is False
+    assert not xla_pays(bf16, training=False) and encode._jit_compile is False
     out = encode(images).numpy()
     assert out.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import xla_compiled_calls
 from keras_clip.layers import LayerNorm, ResidualAttentionBlock, get_activation
 from keras_clip.layers.transformer import fused_activation
 
@@ -84,10 +85,7 @@ def test_layer_norm_in_training_runs_xla_kernels_equal_to_keras(shape):
             np.testing.assert_allclose(g.numpy(), r.numpy(), rtol=1e-5, atol=2e-5, err_msg=name)
     # the training call really goes through the XLA kernels (an XlaLaunch-compiled call)
     graph_def = tf.function(lambda x: ours(x, training=True)).get_concrete_function(x).graph
-    called = [op for op in graph_def.get_operations() if op.type in ("StatefulPartitionedCall",
-                                                                     "PartitionedCall")]
-    assert any(op.get_attr("_XlaMustCompile") for op in called
-               if "_XlaMustCompile" in op.node_def.attr)
+    assert xla_compiled_calls(graph_def)
 
 
 def test_layer_norm_training_kernels_under_mixed_bfloat16():
