@@ -44,7 +44,7 @@ def child(cfg):
     total = cfg["steps"] + cfg["warmup"]
     model.compile(optimizer=clip_optimizer(model, total_steps=total, learning_rate=1e-5,
                                            warmup_steps=0),
-                  accum_freq=cfg["accum"], jit_compile=False)
+                  accum_freq=cfg["accum"], text_padding="max_length", jit_compile=False)
     b = cfg["batch"]
     rng = np.random.default_rng(0)
     images = rng.standard_normal((b, model.image_size, model.image_size, 3)).astype("float32")

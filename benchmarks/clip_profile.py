@@ -124,7 +124,8 @@ def main():
     model, _ = fr.ours_model(c)
     model.compile(optimizer=clip_optimizer(model, total_steps=100, learning_rate=fr.LR,
                                            warmup_steps=0),
-                  xla_towers=args.xla_towers, jit_compile=False)
+                  xla_towers=args.xla_towers, text_padding="max_length",  # open_clip's work
+                  jit_compile=False)
     images, ids = fr.synthetic_batch(c["config"], c["batch"])
     batch = {"images": tf.constant(images), "token_ids": tf.constant(ids)}
     for _ in range(args.warmup):

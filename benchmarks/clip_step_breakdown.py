@@ -44,7 +44,8 @@ def main():
     m = CLIP.from_preset(args.preset)
     m.compile(optimizer=clip_optimizer(m, total_steps=100, learning_rate=1e-5, warmup_steps=0),
               jit_compile=False, xla_towers=not args.no_xla_towers,
-              xla_optimizer=not args.no_xla_optimizer)
+              xla_optimizer=not args.no_xla_optimizer,
+              text_padding="max_length")  # all 77 positions, as open_clip
     images, ids = (tf.constant(x) for x in fr.synthetic_batch(get_preset(args.preset),
                                                                args.batch_size))
     variables = m.trainable_weights

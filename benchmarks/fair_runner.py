@@ -480,7 +480,8 @@ def rates(data, preset, b, row, measure):
 
 def speed_table(data, rows, preset, b, measure, flops_per_item, unit, first_name, extra=()):
     """One markdown table: per row items/s, first step / call, × open_clip eager, GFLOP/s and %
-    of the row's own framework's matmul peak at its precision; ``extra`` adds (title, fn(the
+    of the row's own framework's matmul peak at its precision (n/a for a row marked
+    ``less_work``, which skips part of the counted work); ``extra`` adds (title, fn(the
     cell's results) → text) columns."""
     pk = peaks(data)
     base = rates(data, preset, b, BASELINE, measure)[0]
@@ -496,7 +497,7 @@ def speed_table(data, rows, preset, b, measure, flops_per_item, unit, first_name
         med = statistics.median(rs)
         ratio = f"{med / statistics.median(base):.2f}" if base else "–"
         peak = pk[row["framework"]]["bf16" if row.get("bf16") else "fp32"]
-        gf = med * flops_per_item / 1e9 if flops_per_item else None
+        gf = med * flops_per_item / 1e9 if flops_per_item and not row.get("less_work") else None
         share = f"{100 * gf / peak:.0f}%" if gf and peak else "n/a"
         note = f" ({len(bad)} failed)" if bad else ""
         lines.append(f"| {row['label']}{note} | {fmt(rs)} | {fmt(firsts, 2)} | {ratio} | "
@@ -525,6 +526,8 @@ def paired_table(data, rows, preset, b, measure, pairs, flops_per_item=None):
     lines += ["", "| row | % of the same repetition's matmul peak |", "|---|---|"]
     for key in data["args"]["rows"]:
         row, rate = rows[key], by_rep(key)
+        if row.get("less_work"):  # skips work the FLOP count includes: no honest share
+            continue
         prec = "bf16" if row.get("bf16") else "fp32"
         peak = {rep: r[prec] for rep, r in peaks_by_rep(data, row["framework"]).items()}
         shares = [100 * rate[r] * flops_per_item / 1e9 / peak[r] for r in sorted(rate) if r in peak]

@@ -16,7 +16,7 @@ from keras_clip.compat import (BuiltInInitModel, build_optimizer_slots, onednn_e
                                weight_decay_excluded)
 from keras_clip.strategy import replica_logs
 from keras_clip.text.cbow import CBOWTextEncoder
-from keras_clip.text.transformer import TextTransformer
+from keras_clip.text.transformer import TextTransformer, pad_to_longest
 from keras_clip.vision.resnet import ModifiedResNet
 from keras_clip.vision.vit import VisionTransformer
 
@@ -269,7 +269,7 @@ class CLIP(BuiltInInitModel, keras.Model):
 
     # --- training: symmetric contrastive loss with global-batch negatives -------------------------
     def compile(self, optimizer="adamw", *, loss=None, accum_freq=1, xla_towers="auto",
-                xla_optimizer=True, **kwargs):
+                xla_optimizer=True, text_padding="longest", **kwargs):
         """Configure training; the loss is CLIP's own, named, not a Keras loss.
 
         Args:
@@ -302,10 +302,18 @@ class CLIP(BuiltInInitModel, keras.Model):
                 passes over memory; ViT-B/32's AdamW update over 151M parameters: 0.15 s
                 instead of 0.53 s, benchmarks/clip_step_breakdown.py). Under a strategy the
                 update runs as Keras runs it (its all-reduce is a merge_call XLA cannot hold).
+            text_padding: "longest" (default): each training / evaluation step cuts its token
+                ids after the batch's longest text, in multiples of 16 tokens
+                (`keras_clip.text.transformer.pad_to_longest`; transformers' tokenizer term) —
+                the same embeddings and gradients (the causal mask hides the cut padding from
+                every pooled position), less text-tower work when captions are short.
+                "max_length": every step runs all ``context_length`` positions, as open_clip
+                does. CBOW text towers always see every position.
 
         Raises:
             ValueError: an unknown loss, "siglip" on a model without a logit bias,
-                ``accum_freq`` not an int >= 1, or ``xla_towers`` not True, False or "auto".
+                ``accum_freq`` not an int >= 1, ``xla_towers`` not True, False or "auto", or
+                ``text_padding`` not "longest" or "max_length".
         """
         loss = "contrastive" if loss is None else loss
         if loss not in LOSSES:
@@ -319,7 +327,10 @@ class CLIP(BuiltInInitModel, keras.Model):
             raise ValueError(f"accum_freq must be an int >= 1, got {accum_freq!r}")
         if xla_towers not in (True, False, "auto"):
             raise ValueError(f'xla_towers must be True, False or "auto", got {xla_towers!r}')
+        if text_padding not in ("longest", "max_length"):
+            raise ValueError(f'text_padding must be "longest" or "max_length", got {text_padding!r}')
         self.clip_loss = loss
+        self.text_padding = text_padding
         self.accum_freq = accum_freq
         self.xla_towers = xla_towers
         self.xla_optimizer = xla_optimizer
@@ -337,6 +348,7 @@ class CLIP(BuiltInInitModel, keras.Model):
             config["xla_optimizer"] = bool(getattr(self, "xla_optimizer", True))
             config["clip_loss"] = getattr(self, "clip_loss", "contrastive")
             config["accum_freq"] = int(getattr(self, "accum_freq", 1))
+            config["text_padding"] = getattr(self, "text_padding", "longest")
             if self.locks:  # re-applied on load, before the optimizer is built for the rest
                 config["locks"] = {k: list(v) for k, v in self.locks.items()}
             excluded = weight_decay_excluded(self.optimizer, self.trainable_variables)
@@ -404,7 +416,11 @@ class CLIP(BuiltInInitModel, keras.Model):
 
     def _towers(self, images, token_ids, training, tape=None):
         """Both towers' normalised embeddings. A wholly locked tower runs on its own, unrecorded
-        by ``tape`` (no backward pass through it); otherwise both run as one XLA function."""
+        by ``tape`` (no backward pass through it); otherwise both run as one XLA function.
+        Token ids are first cut after the batch's longest text (``text_padding``, see compile)."""
+        if self.text_encoder == "transformer" and \
+                getattr(self, "text_padding", "longest") == "longest":
+            token_ids = pad_to_longest(token_ids)
         if not (self.image_tower_locked or self.text_tower_locked) or tape is None:
             return self._tower_fn("embed_pair")(images, token_ids, training)
         if self.image_tower_locked:

@@ -12,6 +12,26 @@ def causal_mask(length):
     return ops.expand_dims(i, 1) >= ops.expand_dims(i, 0)
 
 
+def pad_to_longest(token_ids, multiple=16):
+    """Cuts a batch of token ids after its longest text, as a tokenizer padding to the longest
+    text in the batch would (transformers' ``padding="longest"``), in whole ``multiple``s.
+
+    ``token_ids``: int (B, T). Returns ``token_ids[:, :L]``, L = the last EOT position over the
+    batch + 1 (EOT is each row's largest id, the row `TextTransformer` pools), rounded up to a
+    multiple of ``multiple`` and at most T; the static length becomes None. The tower's output is
+    unchanged — the causal mask keeps the cut columns (padding after every EOT) out of every
+    position up to EOT, and positions after EOT are never pooled — while its cost falls with
+    the length (the text tower of ViT-B/32 at 77 tokens is 40% of the model's forward FLOPs).
+    Rounding bounds the distinct lengths (XLA compiles once per length: 5 at T=77)."""
+    import tensorflow as tf
+
+    token_ids = tf.convert_to_tensor(token_ids)
+    t = tf.shape(token_ids)[1]
+    needed = tf.maximum(tf.reduce_max(tf.argmax(token_ids, axis=-1, output_type=tf.int32)) + 1, 1)
+    length = tf.minimum((needed + multiple - 1) // multiple * multiple, t)
+    return token_ids[:, :length]  # (B, L)
+
+
 @keras.saving.register_keras_serializable(package="keras_clip")
 class TextTransformer(keras.layers.Layer):
     """Token + position embeddings → causal transformer → ``ln_final`` → EOT row → projection.
