@@ -306,14 +306,19 @@ class CLIP(BuiltInInitModel, keras.Model):
                 ids after the batch's longest text, in multiples of 16 tokens
                 (`keras_clip.text.transformer.pad_to_longest`; transformers' tokenizer term) —
                 the same embeddings and gradients (the causal mask hides the cut padding from
-                every pooled position), less text-tower work when captions are short.
-                "max_length": every step runs all ``context_length`` positions, as open_clip
-                does. CBOW text towers always see every position.
+                every pooled position), less text-tower work when captions are short. Each new
+                cut length (at most 5 for 77-token ids: 16, 32, 48, 64, 77) compiles the XLA
+                functions of the step once — the towers with ``xla_towers``, the LayerNorm and
+                activation kernels in either case: a one-time stall of seconds (ViT-Tiny) to
+                about a minute (ViT-B/32 with XLA towers) per length. "max_length": every step
+                runs the token ids as given (the tokenizer's ``context_length`` columns), as
+                open_clip does. CBOW text towers always see every position.
 
         Raises:
             ValueError: an unknown loss, "siglip" on a model without a logit bias,
-                ``accum_freq`` not an int >= 1, ``xla_towers`` not True, False or "auto", or
-                ``text_padding`` not "longest" or "max_length".
+                ``accum_freq`` not an int >= 1, ``xla_towers`` not True, False or "auto",
+                ``xla_optimizer`` not a bool, ``text_padding`` not "longest" or "max_length",
+                or (at the first step) token ids wider than ``context_length``.
         """
         loss = "contrastive" if loss is None else loss
         if loss not in LOSSES:
@@ -325,8 +330,10 @@ class CLIP(BuiltInInitModel, keras.Model):
                              "logit_scale_init=math.log(10))")
         if isinstance(accum_freq, bool) or not isinstance(accum_freq, int) or accum_freq < 1:
             raise ValueError(f"accum_freq must be an int >= 1, got {accum_freq!r}")
-        if xla_towers not in (True, False, "auto"):
+        if not (isinstance(xla_towers, bool) or xla_towers == "auto"):
             raise ValueError(f'xla_towers must be True, False or "auto", got {xla_towers!r}')
+        if not isinstance(xla_optimizer, bool):
+            raise ValueError(f"xla_optimizer must be True or False, got {xla_optimizer!r}")
         if text_padding not in ("longest", "max_length"):
             raise ValueError(f'text_padding must be "longest" or "max_length", got {text_padding!r}')
         self.clip_loss = loss
@@ -420,6 +427,7 @@ class CLIP(BuiltInInitModel, keras.Model):
         Token ids are first cut after the batch's longest text (``text_padding``, see compile)."""
         if self.text_encoder == "transformer" and \
                 getattr(self, "text_padding", "longest") == "longest":
+            self._check_token_ids(token_ids)  # before the cut hides a too-wide batch
             token_ids = pad_to_longest(token_ids)
         if not (self.image_tower_locked or self.text_tower_locked) or tape is None:
             return self._tower_fn("embed_pair")(images, token_ids, training)

@@ -347,7 +347,7 @@ def main(argv=None):
     p.add_argument("--cpu-replicas", type=positive_int, default=None,
                    help="split the CPU into N logical devices (with --strategy mirrored)")
     p.add_argument("--mixed-precision", action="store_true", help="mixed_bfloat16, loss in float32")
-    p.add_argument("--xla-towers", choices=tuple(XLA_TOWERS), default="auto",
+    p.add_argument("--xla-towers", choices=tuple(XLA_TOWERS), default=None,
                    help="XLA-compile the per-replica towers: auto (default) = on under a "
                         "multi-replica strategy; on one device off where TensorFlow's CPU "
                         "kernels are oneDNN's or with --mixed-precision, else on (see "
@@ -371,6 +371,8 @@ def main(argv=None):
         p.error("--grad-accum was removed: use --accum-freq K (it averaged the K micro-batch "
                 "losses, so each saw only its own micro-batch's negatives; --accum-freq keeps "
                 "every negative of the whole batch in one loss, as open_clip does)")
+    if args.no_xla and args.xla_towers not in (None, "off"):
+        p.error(f"--no-xla contradicts --xla-towers {args.xla_towers}: give one of them")
     if args.lock_text_freeze_layer_norm and not args.lock_text:
         p.error("--lock-text-freeze-layer-norm needs --lock-text")
     if args.init_from and (args.preset or args.text_encoder):
@@ -385,7 +387,7 @@ def main(argv=None):
             learning_rate=args.lr, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
             strategy=args.strategy, cpu_replicas=args.cpu_replicas,
             mixed_precision=args.mixed_precision,
-            xla=XLA_TOWERS["off" if args.no_xla else args.xla_towers], seed=args.seed,
+            xla=XLA_TOWERS["off" if args.no_xla else args.xla_towers or "auto"], seed=args.seed,
             eval_examples=args.eval_examples, save_freq=args.save_freq, profile=args.profile,
             num_examples=args.num_examples, verbose=args.verbose, init_from=args.init_from,
             loss=args.loss, accum_freq=args.accum_freq, lock_image=args.lock_image,

@@ -119,3 +119,45 @@ def test_zero_shot_classifier_cuts_prompts_of_a_causal_text_tower_without_changi
     full = zero_shot_classifier(Plain(), names, templates)
     assert seen[0] == 77
     np.testing.assert_allclose(cut, full, atol=1e-6)
+
+
+def test_ids_wider_than_the_context_are_refused_before_the_cut_hides_them():
+    """Short captions in 100-column ids would fit after the cut; the width is still an error,
+    named at the first step (and by zero_shot_classifier), not a shape clash at a long caption."""
+    from keras_clip.zero_shot import zero_shot_classifier
+    model = CLIP.from_preset("ViT-Tiny")
+    model.compile("sgd")  # text_padding="longest"
+    data = tf.data.Dataset.from_tensors({"images": np.zeros((2, 32, 32, 3), np.float32),
+                                         "token_ids": _tokens([3, 5], context_length=100)})
+    msg = "token_ids are 100 long; this model's context_length is 77"
+    with pytest.raises(ValueError, match=msg):
+        model.fit(data, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=msg):
+        zero_shot_classifier(model, ["cat"], ["a {}."],
+                             tokenizer=lambda texts: _tokens([3] * len(texts), context_length=100))
+
+
+def test_pad_to_longest_names_bad_arguments():
+    with pytest.raises(ValueError, match=r"token_ids must be rank 2 \(B, T\), got shape \(77,\)"):
+        pad_to_longest(np.zeros(77, np.int32))
+    with pytest.raises(ValueError, match="multiple must be an int >= 1, got 0"):
+        pad_to_longest(_tokens([3]), multiple=0)
+
+
+@pytest.mark.parametrize("option, value, msg", [
+    ("xla_towers", 1, 'xla_towers must be True, False or "auto", got 1'),
+    ("xla_towers", "on", 'xla_towers must be True, False or "auto", got \'on\''),
+    ("xla_optimizer", "no", "xla_optimizer must be True or False, got 'no'"),
+    ("xla_optimizer", None, "xla_optimizer must be True or False, got None"),
+])
+def test_compile_refuses_option_values_of_the_wrong_type(option, value, msg):
+    model = CLIP.from_preset("ViT-Tiny")
+    with pytest.raises(ValueError, match=msg):
+        model.compile("sgd", **{option: value})
+
+
+def test_train_cli_refuses_no_xla_with_xla_towers_on(capsys):
+    from keras_clip import train
+    with pytest.raises(SystemExit):
+        train.main(["--no-xla", "--xla-towers", "on", "--epochs", "1"])
+    assert "--no-xla contradicts --xla-towers on" in capsys.readouterr().err
