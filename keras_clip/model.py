@@ -309,8 +309,9 @@ class CLIP(BuiltInInitModel, keras.Model):
                 every pooled position), less text-tower work when captions are short. Each new
                 cut length (at most 5 for 77-token ids: 16, 32, 48, 64, 77) compiles the XLA
                 functions of the step once — the towers with ``xla_towers``, the LayerNorm and
-                activation kernels in either case: a one-time stall of seconds (ViT-Tiny) to
-                about a minute (ViT-B/32 with XLA towers) per length. "max_length": every step
+                activation kernels in either case: a one-time stall per length (~3.5 s at
+                ViT-Tiny in the graph; with XLA towers at ViT-B/32 up to a first step's
+                compile, ~50 s measured there, compile included). "max_length": every step
                 runs the token ids as given (the tokenizer's ``context_length`` columns), as
                 open_clip does. CBOW text towers always see every position.
 
