@@ -64,11 +64,12 @@ def test_text_padding_longest_trains_exactly_as_max_length(xla_towers):
     data = tf.data.Dataset.from_tensor_slices({"images": images, "token_ids": ids})
     h_longest = longest.fit(data, epochs=1, verbose=0).history["loss"]
     h_full = full.fit(data, epochs=1, verbose=0).history["loss"]
-    np.testing.assert_allclose(h_longest, h_full, rtol=1e-5)
+    # measured (graph / XLA towers): losses 0 / 6.4e-8 apart (relative), weights 1.2e-7 / 1.8e-6
+    np.testing.assert_allclose(h_longest, h_full, rtol=3e-7)
     moved = 0
     for w_l, w_f, w0 in zip(longest.weights, full.weights, _pair_of_models(
             "max_length", "max_length", False)[0].weights):
-        np.testing.assert_allclose(w_l.numpy(), w_f.numpy(), rtol=1e-4, atol=1e-6, err_msg=w_l.path)
+        np.testing.assert_allclose(w_l.numpy(), w_f.numpy(), rtol=0, atol=6e-6, err_msg=w_l.path)
         moved += not np.allclose(w_f.numpy(), w0.numpy())
     assert moved > 10  # the steps did update the towers (the comparison is not of two no-ops)
 
