@@ -120,7 +120,9 @@ def zero_shot_classifier(model, classnames, templates=None, batch_size=256, *, t
         chunk = prompts[start:start + batch_size]
         tokens = np.asarray(tokenizer([p for _, p in chunk]), np.int32)  # (b, 77)
         if cut:
-            model._check_token_ids(tokens)  # the tokenizer's width, before the cut hides it
+            if tokens.shape[1] > model.context_length:  # before the cut hides the tokenizer's width
+                raise ValueError(f"token_ids are {tokens.shape[1]} long; this model's "
+                                 f"context_length is {model.context_length}")
             tokens = pad_to_longest(tokens).numpy()  # (b, L ≤ 77)
         emb = _l2_normalize(_to_numpy(model.encode_text(tokens)).astype(np.float64))  # (b, D)
         if sums is None:
