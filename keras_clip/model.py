@@ -243,6 +243,17 @@ class CLIP(BuiltInInitModel, keras.Model):
         self._check_images(images)
         return self.visual(images, training=training)
 
+    def cut_token_ids(self, token_ids):
+        """int (B, T) token ids → (B, L ≤ T): cut after the batch's longest text
+        (`keras_clip.text.transformer.pad_to_longest`) for the causal transformer tower, whose
+        embeddings the cut does not change; a CBOW tower's ids come back as they are.
+        ValueError (the check `encode_text` makes) if T exceeds ``context_length`` — checked
+        first, since the cut would hide it while the texts are short."""
+        if self.text_encoder != "transformer":
+            return token_ids
+        self._check_token_ids(token_ids)
+        return pad_to_longest(token_ids)
+
     def encode_text(self, token_ids, training=None):
         """Unnormalised text embeddings (B, embed_dim) of int token ids (B, context_length)."""
         if isinstance(token_ids, (np.ndarray, list)):
@@ -426,10 +437,8 @@ class CLIP(BuiltInInitModel, keras.Model):
         """Both towers' normalised embeddings. A wholly locked tower runs on its own, unrecorded
         by ``tape`` (no backward pass through it); otherwise both run as one XLA function.
         Token ids are first cut after the batch's longest text (``text_padding``, see compile)."""
-        if self.text_encoder == "transformer" and \
-                getattr(self, "text_padding", "longest") == "longest":
-            self._check_token_ids(token_ids)  # before the cut hides a too-wide batch
-            token_ids = pad_to_longest(token_ids)
+        if getattr(self, "text_padding", "longest") == "longest":
+            token_ids = self.cut_token_ids(token_ids)
         if not (self.image_tower_locked or self.text_tower_locked) or tape is None:
             return self._tower_fn("embed_pair")(images, token_ids, training)
         if self.image_tower_locked:

@@ -76,7 +76,7 @@ def zero_shot_classifier(model, classnames, templates=None, batch_size=256, *, t
     Args:
         model: has ``encode_text(int32 (B, 77)) -> (B, D)``; a keras_clip CLIP with a
             transformer text tower gets each chunk cut after its longest prompt
-            (`keras_clip.text.transformer.pad_to_longest`: the same embeddings).
+            (`CLIP.cut_token_ids`: the same embeddings).
         classnames: list of class names.
         templates: format strings with ``{}`` or callables ``name -> prompt``; defaults to the
             80 OPENAI_IMAGENET_TEMPLATES.
@@ -110,20 +110,15 @@ def zero_shot_classifier(model, classnames, templates=None, batch_size=256, *, t
         _check_template(template)
     prompts = [(c, _fill(t, name)) for c, name in enumerate(classnames) for t in templates]
 
-    # A keras_clip CLIP's causal text tower pools at EOT: columns after every prompt's EOT
-    # change nothing, so each chunk runs only up to its longest prompt (pad_to_longest).
-    cut = getattr(model, "text_encoder", None) == "transformer"
-    if cut:
-        from keras_clip.text.transformer import pad_to_longest
+    # A keras_clip CLIP cuts each chunk after its longest prompt (CLIP.cut_token_ids: columns
+    # after every prompt's EOT change nothing in its causal text tower).
+    cut = getattr(model, "cut_token_ids", None)
     sums = None  # (C, D) running sums of normalised prompt embeddings
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         tokens = np.asarray(tokenizer([p for _, p in chunk]), np.int32)  # (b, 77)
-        if cut:
-            if tokens.shape[1] > model.context_length:  # before the cut hides the tokenizer's width
-                raise ValueError(f"token_ids are {tokens.shape[1]} long; this model's "
-                                 f"context_length is {model.context_length}")
-            tokens = pad_to_longest(tokens).numpy()  # (b, L ≤ 77)
+        if cut is not None:
+            tokens = np.asarray(cut(tokens))  # (b, L ≤ 77)
         emb = _l2_normalize(_to_numpy(model.encode_text(tokens)).astype(np.float64))  # (b, D)
         if sums is None:
             sums = np.zeros((len(classnames), emb.shape[-1]), np.float64)
